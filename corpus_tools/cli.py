@@ -1,0 +1,55 @@
+"""The ``corpus`` command line.
+
+Each sub-command lives in ``corpus_tools/commands/<name>.py`` and exposes
+``register(app)``; heavy libraries (torch, whisper, pyannote) are imported inside the
+command bodies so that ``corpus --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="corpus",
+    help=(
+        "Turn broadcast archives into clean speech corpora.\n\n"
+        "Typical flow: corpus ingest ARCHIVE -o work/ → corpus segment work/ --method wx-diar-3s "
+        "→ corpus stats work/ → corpus shard work/ --method wx-diar-3s -o shards/."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+COMMAND_MODULES = (
+    "ingest",
+    "segment",
+    "stats",
+    "shard",
+    "importers",
+    "simulate",
+    "stem",
+    "models",
+    "verify",
+    "report",
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Turn broadcast archives into clean speech corpora."""
+
+
+for _name in COMMAND_MODULES:
+    importlib.import_module(f"corpus_tools.commands.{_name}").register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

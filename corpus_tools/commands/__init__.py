@@ -1,0 +1,1 @@
+"""One module per ``corpus`` sub-command; each exposes ``register(app)``."""

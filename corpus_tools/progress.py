@@ -1,0 +1,50 @@
+"""Console output shared by the CLI commands: one rich console, progress bars, clean errors."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+
+console = Console(stderr=True, highlight=False, soft_wrap=True)
+stdout = Console(highlight=False, width=120)
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print a one-line error and return the Exit to raise (no traceback for user errors)."""
+    console.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+def progress_bar(disable: bool | None = None) -> Progress:
+    """A progress bar with counts, elapsed/remaining time and a free text field (e.g. RTF)."""
+    if disable is None:
+        disable = not sys.stderr.isatty()
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        console=console, disable=disable, transient=False,
+    )
+
+
+@contextmanager
+def user_errors():
+    """Turn the library's expected errors into one-line CLI errors."""
+    from corpus_tools.audio import AudioError
+    from corpus_tools.manifests import ManifestError
+
+    try:
+        yield
+    except (ManifestError, AudioError, FileNotFoundError, ValueError, PermissionError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, PermissionError)):
+            import errno
+
+            if exc.errno == errno.ENOSPC:
+                raise fail(f"no space left on device while writing ({exc.filename or 'output'}); "
+                           "free space and rerun: finished work is kept and resumed") from None
+            raise fail(f"{exc}") from None
+        raise fail(str(exc)) from None

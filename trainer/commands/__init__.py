@@ -1,0 +1,1 @@
+"""One module per `trainer` sub-command group; each exposes ``register(app)``."""
