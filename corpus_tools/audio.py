@@ -181,9 +181,11 @@ def _load_soundfile(p: Path, start: float, end: float | None, sr_out: int) -> np
 
 def _load_ffmpeg(p: Path, start: float, end: float | None, sr_out: int) -> np.ndarray:
     if start > 0 or end is not None:
-        # torchcodec 0.7 seeks mp3 without removing the encoder delay (measured: 1105
-        # samples late at 16 kHz), so ranges would not line up with whole-file decodes
-        # that Whisper's timestamps refer to. ffmpeg's accurate input seek does.
+        # torchcodec 0.7 ranged reads of mp3 come back shifted by the 1105-sample
+        # encoder delay (measured here; also sensein/senselab#573) and decode from the
+        # start of the file anyway (meta-pytorch/torchcodec#1448), so ranges would not
+        # line up with the whole-file decodes Whisper's timestamps refer to. ffmpeg's
+        # accurate input seek lines up and seeks.
         return _load_ffmpeg_cli(p, start, end, sr_out)
     try:
         from torchcodec.decoders import AudioDecoder

@@ -92,6 +92,7 @@ def write_parquet_atomic(df: pl.DataFrame, path: str | os.PathLike) -> Path:
         df.write_parquet(tmp, compression="zstd", statistics=True)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; manifests are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

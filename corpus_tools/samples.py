@@ -210,3 +210,23 @@ def add_bad_files(out: Path) -> dict[str, str]:
             str(out / "video_only.mp4"))
     return {"empty.wav": "failed", "notes_renamed.wav": "failed", "truncated.mp3": "failed",
             "video_only.mp4": "failed"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m corpus_tools.samples OUT_DIR [N]``: build the demo archive."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        raise SystemExit("usage: python -m corpus_tools.samples OUT_DIR [N_BROADCASTS]")
+    out = Path(args[0])
+    if (out / "timelines.json").exists():
+        print(f"sample archive already in {out}")
+        return
+    n = int(args[1]) if len(args) > 1 else 2
+    build_sample_archive(out, n_broadcasts=n)
+    print(f"sample archive with {n} broadcasts → {out}")
+
+
+if __name__ == "__main__":
+    main()

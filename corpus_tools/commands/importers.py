@@ -1,0 +1,125 @@
+"""`corpus import CORPUS DIR -o OUT`: standard corpora → segments manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+import_app = typer.Typer(
+    name="import",
+    help=(
+        "Turn a standard corpus on disk into a segments manifest that `corpus shard` and "
+        "`corpus simulate` read.\n\n"
+        "Example: corpus import librispeech LibriSpeech/train-clean-100 -o ls100.parquet "
+        "→ corpus shard ls100.parquet -o shards/ls100/"
+    ),
+    no_args_is_help=True,
+)
+
+OutOpt = Annotated[Path, typer.Option("-o", "--out", help="Segments manifest to write (.parquet).")]
+WorkersOpt = Annotated[int, typer.Option(min=1, help="Threads reading audio headers for durations.")]
+ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    return items or None
+
+
+def _run(name: str, out: Path, **kwargs) -> None:
+    from corpus_tools.importers import IMPORTERS
+    from corpus_tools.manifests import write_segments
+    from corpus_tools.progress import fail, stdout, user_errors
+
+    if out.suffix.lower() != ".parquet":
+        raise typer.BadParameter("write the manifest as .parquet", param_hint="--out")
+    with user_errors():
+        df = IMPORTERS[name](**kwargs)
+        if df.height == 0:
+            raise fail(f"{name}: no readable audio found in {kwargs.get('root')}")
+        write_segments(df, out)
+    hours = float(df["duration"].sum()) / 3600
+    speakers = df["speaker"].drop_nulls().n_unique()
+    stdout.print(f"{name}: {df.height} segments, {hours:.2f} h"
+                 + (f", {speakers} speakers" if speakers else "") + f" → {out}")
+
+
+@import_app.command("librispeech")
+def librispeech(
+    root: Annotated[Path, typer.Argument(help="A LibriSpeech split folder (e.g. train-clean-100) or the LibriSpeech root.")],
+    out: OutOpt,
+    workers: WorkersOpt = 4,
+    progress: ProgressOpt = True,
+) -> None:
+    """LibriSpeech: SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + SPEAKER-CHAPTER.trans.txt.
+
+    speaker, session = chapter, transcript; gender from SPEAKERS.TXT when present.
+    """
+    _run("librispeech", out, root=root, workers=workers, progress=progress)
+
+
+@import_app.command("mls")
+def mls(
+    root: Annotated[Path, typer.Argument(help="An MLS language folder (e.g. mls_dutch) or one split folder.")],
+    out: OutOpt,
+    language: Annotated[Optional[str], typer.Option(help="Language tag; default from the folder name (mls_dutch → nl).")] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits to import (default: all found).")] = None,
+    workers: WorkersOpt = 4,
+    progress: ProgressOpt = True,
+) -> None:
+    """Multilingual LibriSpeech: {split}/transcripts.txt + {split}/audio/SPK/BOOK/SPK_BOOK_UTT.flac|opus."""
+    _run("mls", out, root=root, language=language, splits=_split_list(splits), workers=workers,
+         progress=progress)
+
+
+@import_app.command("commonvoice")
+def commonvoice(
+    root: Annotated[Path, typer.Argument(help="A Common Voice language folder (cv-corpus-18.0-.../nl) with *.tsv and clips/.")],
+    out: OutOpt,
+    splits: Annotated[str, typer.Option(help="Comma-separated tsv files to read, in priority order.")] = "train,dev,test",
+    language: Annotated[Optional[str], typer.Option(help="Language tag when the tsv has no locale column.")] = None,
+    workers: WorkersOpt = 4,
+    progress: ProgressOpt = True,
+) -> None:
+    """Common Voice (v18): {train,dev,test,validated}.tsv + clips/*.mp3.
+
+    speaker = client_id, text = sentence; durations from clip_durations.tsv when present.
+    """
+    _run("commonvoice", out, root=root, splits=_split_list(splits) or ["train"],
+         language=language, workers=workers, progress=progress)
+
+
+@import_app.command("musan")
+def musan(
+    root: Annotated[Path, typer.Argument(help="The musan folder (holding noise/, music/, speech/).")],
+    out: OutOpt,
+    subsets: Annotated[str, typer.Option(help="Comma-separated subsets: noise, music, speech.")] = "noise",
+    categories: Annotated[Optional[Path], typer.Option(
+        help="CSV id,category assigning noise files to technical/ambient/crowd "
+             "(MUSAN itself does not label them).")] = None,
+    workers: WorkersOpt = 4,
+    progress: ProgressOpt = True,
+) -> None:
+    """MUSAN noise (free-sound, sound-bible) for the data-quality simulation."""
+    _run("musan", out, root=root, subsets=_split_list(subsets) or ["noise"],
+         categories=categories, workers=workers, progress=progress)
+
+
+@import_app.command("fma")
+def fma(
+    root: Annotated[Path, typer.Argument(help="fma_large (NNN/NNNNNN.mp3) or the folder holding it and fma_metadata/.")],
+    out: OutOpt,
+    metadata: Annotated[Optional[Path], typer.Option(help="fma_metadata folder or tracks.csv (default: found next to the audio).")] = None,
+    workers: WorkersOpt = 4,
+    progress: ProgressOpt = True,
+) -> None:
+    """FMA 30 s music clips with genre_top / genres from tracks.csv and genres.csv."""
+    _run("fma", out, root=root, metadata=metadata, workers=workers, progress=progress)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(import_app, name="import")

@@ -1,0 +1,115 @@
+"""`corpus segment`: cut recordings into utterances with one of ten methods (SPEC §2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+METHOD_HELP = ("seq | sad | w-raw | w-pp-1s | w-pp-3s | wx-asr | wx-align | wx-diar | wx-diar-1s | "
+               "wx-diar-3s | all (comma-separated or repeated)")
+
+
+def segment(
+    workdir: Annotated[Path, typer.Argument(help="Work directory made by `corpus ingest`.")],
+    method: Annotated[list[str], typer.Option("--method", "-m", help=METHOD_HELP)] = ["wx-diar-3s"],
+    whisper_model: Annotated[str, typer.Option(help="Whisper name (large-v2, base, ...) or local path "
+                                               "(CTranslate2 dir, or .pt for openai-whisper).")] = "large-v2",
+    asr_backend: Annotated[str, typer.Option(help="Backend of the w-* methods: faster-whisper | openai-whisper. "
+                                             "wx-* always use WhisperX (faster-whisper).")] = "faster-whisper",
+    language: Annotated[str, typer.Option(help="Language code for ASR, alignment and the phrase list.")] = "nl",
+    align_model: Annotated[Optional[str], typer.Option(help="wav2vec2 CTC model for wx-align (name or local dir). "
+                                                       "Default for nl: jonatasgrosman/wav2vec2-large-xlsr-53-dutch.")] = None,
+    diarize_model: Annotated[Optional[str], typer.Option(help="Diarization pipeline (name or local dir).")] = None,
+    vad_model: Annotated[Optional[str], typer.Option(help="pyannote VAD/segmentation checkpoint (name or path); "
+                                                     "default: the one bundled with WhisperX.")] = None,
+    models_dir: Annotated[Optional[Path], typer.Option(help="Models folder searched first for model names "
+                                                       "(default: $CORPUS_MODELS).")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto.")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="WhisperX ASR batch size.")] = 16,
+    compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type: default (float16 on GPU, int8 on CPU), "
+                                              "float16, int8, float32.")] = "default",
+    beam_size: Annotated[int, typer.Option(help="Beam size for Whisper decoding.")] = 5,
+    phrase_list: Annotated[Optional[Path], typer.Option(help="Phrase filter file (default manifests/phrases/<language>.txt).")] = None,
+    backend: Annotated[str, typer.Option(help="local | ray.")] = "local",
+    workers: Annotated[int, typer.Option(help="Local worker processes, each holding its own models.")] = 1,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --backend ray.")] = None,
+    num_shards: Annotated[int, typer.Option(help="Split recordings into N parts (e.g. a SLURM array).")] = 1,
+    shard_index: Annotated[int, typer.Option(help="Which part this process runs (0-based).")] = 0,
+) -> None:
+    """Segment every ok recording and write WORKDIR/segments/<method>.parquet per method.
+
+    Model outputs are cached per recording and stage, so all w-* methods come from one
+    Whisper pass and all wx-* methods from one WhisperX pass; a rerun skips finished
+    recordings (a crash loses at most the recordings in flight).
+    """
+    import os
+
+    from corpus_tools.manifests import WorkDir
+    from corpus_tools.progress import fail, progress_bar, stdout, user_errors
+    from corpus_tools.segment import postprocess as pp
+    from corpus_tools.segment import runner
+    from corpus_tools.segment.backends import ModelSet, SegmentConfig
+
+    with user_errors():
+        methods = runner.parse_methods(method)
+        if not methods:
+            raise fail("no method given")
+        if asr_backend not in ("faster-whisper", "openai-whisper"):
+            raise fail(f"--asr-backend must be faster-whisper or openai-whisper, not {asr_backend!r}")
+        if backend not in ("local", "ray"):
+            raise fail(f"--backend must be local or ray, not {backend!r}")
+        if not (0 <= shard_index < num_shards):
+            raise fail("--shard-index must be in [0, --num-shards)")
+        wd = WorkDir(workdir)
+        if not wd.recordings.exists():
+            raise fail(f"{wd.recordings} not found: run `corpus ingest ... -o {workdir}` first")
+        cfg = SegmentConfig(
+            whisper_model=whisper_model, asr_backend=asr_backend, language=language, align_model=align_model,
+            diarize_model=diarize_model, vad_model=vad_model, device=device, compute_type=compute_type,
+            batch_size=batch_size, beam_size=beam_size,
+            models_dir=str(models_dir) if models_dir else os.environ.get("CORPUS_MODELS"))
+        recs = runner.ok_recordings(wd)
+        mine = [r for i, r in enumerate(recs) if i % num_shards == shard_index]
+        stages = runner.stages_for(methods)
+        cache = runner.StageCache(wd, cfg)
+        total_audio = sum(r["duration"] for r in mine)
+        t_model = 0.0
+        if stages and mine:
+            if backend == "ray" or workers > 1:
+                from corpus_tools.scale import run_segment_parallel
+
+                t_model = run_segment_parallel(mine, stages, wd, cfg, backend=backend, workers=workers,
+                                               address=ray_address)
+            else:
+                models = ModelSet(cfg)
+                with progress_bar() as bar:
+                    task = bar.add_task("segment", total=len(mine), info="")
+                    audio_done = 0.0
+                    for rec in mine:
+                        res = runner.process_recording(rec, stages, cache, models)
+                        t_model += res["seconds"]
+                        if res["computed"]:
+                            audio_done += rec["duration"]
+                        rtf = audio_done / t_model if t_model > 0 else 0.0
+                        bar.update(task, advance=1, info=f"{rtf:.1f}× real time" if rtf else "cached")
+                        if res.get("error"):
+                            stdout.print(f"  failed {rec['recording_id']}: {res['error']}")
+        if num_shards > 1:
+            stdout.print(f"part {shard_index}/{num_shards}: stages cached for {len(mine)} recordings; "
+                         f"run `corpus merge {workdir}` (or segment without --num-shards) to write manifests")
+            return
+        phrases = pp.load_phrases(language, phrase_list)
+        for m in methods:
+            df, drops = runner.assemble(m, recs, cache, phrases, language)
+            runner.write_method(wd, m, df, drops, cfg)
+            stdout.print(f"  {m:11s} {df.height:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
+                         f"→ {wd.segments(m)}")
+    rtf = f", {total_audio / t_model:.1f}× real time" if t_model > 0 else " (all stages cached)"
+    stdout.print(f"segmented {len(mine)} recordings ({total_audio / 3600:.2f} h) with {len(methods)} "
+                 f"method(s) in {t_model:.1f} s of model time{rtf}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("segment")(segment)

@@ -1,0 +1,251 @@
+"""The model-running parts of segmentation, behind small interfaces.
+
+Each backend turns 16 kHz mono audio (numpy) into JSON-able stage output. They are loaded
+once per process (``ModelSet`` caches them) and reused for every recording. Tests and other
+backends can substitute any object with the same method.
+
+Stage outputs (cached per recording by the runner):
+
+``vad``       {"regions": [[start, end], ...]}                  pyannote speech activity
+``whisper``   {"segments": [{"start","end","text"}, ...]}       sequential Whisper (w-*)
+``wx-asr``    {"segments": [...], "language"}                  WhisperX VAD chunks + batched ASR
+``wx-align``  {"segments": [{"start","end","text","words"}]}   WhisperX forced alignment
+``wx-diar``   {"segments": [... + "speaker"], "turns": [...]}  WhisperX speaker assignment
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SR = 16_000
+
+
+@dataclass
+class SegmentConfig:
+    """Everything that decides what the models output (part of each stage's cache key)."""
+
+    whisper_model: str = "large-v2"
+    asr_backend: str = "faster-whisper"  # or openai-whisper
+    language: str = "nl"
+    align_model: str | None = None  # None: the SPEC default for the language
+    diarize_model: str | None = None
+    vad_model: str | None = None
+    device: str = "auto"
+    compute_type: str = "default"
+    batch_size: int = 16
+    beam_size: int = 5
+    models_dir: str | None = None
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def resolved_compute_type(self) -> str:
+        if self.compute_type != "default":
+            return self.compute_type
+        return "float16" if self.resolved_device() == "cuda" else "int8"
+
+    def stage_key(self, stage: str) -> dict[str, Any]:
+        """The settings a stage's output depends on (its cache is invalid if they change)."""
+        base = {"language": self.language}
+        if stage == "error":  # decode failures do not depend on model settings
+            return {}
+        if stage == "vad":
+            return {"vad_model": self.vad_model}
+        if stage == "whisper":
+            return {**base, "whisper_model": self.whisper_model, "backend": self.asr_backend,
+                    "beam_size": self.beam_size}
+        if stage == "wx-asr":
+            return {**base, "whisper_model": self.whisper_model, "vad_model": self.vad_model,
+                    "beam_size": self.beam_size}
+        if stage == "wx-align":
+            return {**self.stage_key("wx-asr"), "align_model": self.align_model}
+        if stage == "wx-diar":
+            return {**self.stage_key("wx-align"), "diarize_model": self.diarize_model}
+        raise KeyError(stage)
+
+
+def _models():
+    from corpus_tools import models
+
+    return models
+
+
+@dataclass
+class ModelSet:
+    """Loads each model on first use and keeps it for the life of the process."""
+
+    cfg: SegmentConfig
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _models().prepare_runtime(self.cfg.models_dir)  # NLTK data, pyannote telemetry off
+
+    def _get(self, key: str, loader):
+        if key not in self._cache:
+            self._cache[key] = loader()
+        return self._cache[key]
+
+    # -- models --------------------------------------------------------------------
+    def whisper_ct2_path(self) -> str:
+        return str(_models().resolve("whisper-ct2", self.cfg.whisper_model, self.cfg.models_dir))
+
+    def faster_whisper(self):
+        """One CTranslate2 Whisper for both passes: WhisperX's subclass of faster-whisper's
+        model adds batched generation and keeps sequential ``transcribe`` for w-*."""
+        def load():
+            import torch
+            from whisperx.asr import WhisperModel
+
+            c = self.cfg
+            return WhisperModel(self.whisper_ct2_path(), device=c.resolved_device(),
+                                compute_type=c.resolved_compute_type(),
+                                cpu_threads=max(1, torch.get_num_threads()))
+
+        return self._get("fw", load)
+
+    def openai_whisper(self):
+        c = self.cfg
+        return self._get("ow", lambda: _models().load_openai_whisper(c.whisper_model, c.resolved_device(), c.models_dir))
+
+    def vad_path(self) -> str:
+        m = _models()
+        name = self.cfg.vad_model or m.default_model("vad", self.cfg.language, self.cfg.models_dir)
+        return str(m.resolve("vad", name, self.cfg.models_dir))
+
+    def vad_pipeline(self):
+        def load():
+            import torch
+            from whisperx.vads.pyannote import load_vad_model
+
+            return load_vad_model(torch.device(self.cfg.resolved_device()), model_fp=self.vad_path())
+
+        return self._get("vad", load)
+
+    def whisperx_pipeline(self):
+        def load():
+            import torch
+            import whisperx
+            from whisperx.vads.pyannote import Pyannote
+
+            c = self.cfg
+            opts = {"chunk_size": 30, "vad_onset": 0.500, "vad_offset": 0.363}
+            vad = Pyannote(torch.device(c.resolved_device()), model_fp=self.vad_path(), **opts)
+            return whisperx.load_model(
+                "unused-model-given", c.resolved_device(), compute_type=c.resolved_compute_type(),
+                language=c.language, vad_model=vad, vad_options=opts, model=self.faster_whisper(),
+                asr_options={"beam_size": c.beam_size, "best_of": c.beam_size})
+
+        return self._get("wx", load)
+
+    def align_model(self):
+        c = self.cfg
+        return self._get("align", lambda: _models().load_align_model(
+            c.align_model, c.language, c.resolved_device(), c.models_dir))
+
+    def diarizer(self):
+        c = self.cfg
+        return self._get("diar", lambda: _models().load_diarization_pipeline(
+            c.diarize_model, c.resolved_device(), models_dir=c.models_dir))
+
+
+# -- stages -----------------------------------------------------------------------------
+
+
+def run_vad(models: ModelSet, audio: np.ndarray) -> dict:
+    """Speech regions from pyannote VAD (the `sad` baseline), binarised without a length cap."""
+    import torch
+    from whisperx.vads.pyannote import Binarize
+
+    scores = models.vad_pipeline()({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": SR})
+    ann = Binarize(onset=0.5, offset=0.363, min_duration_on=0.1, min_duration_off=0.1)(scores)
+    return {"regions": [[round(s.start, 3), round(s.end, 3)] for s in ann.get_timeline()]}
+
+
+def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
+    """Sequential long-form Whisper with timestamps: the `w-raw` segments."""
+    c = models.cfg
+    segs = []
+    if c.asr_backend == "faster-whisper":
+        model = models.faster_whisper()
+        it, _info = model.transcribe(audio, language=c.language, beam_size=c.beam_size, vad_filter=False)
+        for s in it:
+            segs.append({"start": round(float(s.start), 3), "end": round(float(s.end), 3), "text": s.text.strip()})
+    elif c.asr_backend == "openai-whisper":
+        model = models.openai_whisper()
+        res = model.transcribe(audio, language=c.language, beam_size=c.beam_size if c.beam_size > 1 else None,
+                               fp16=c.resolved_device() == "cuda", verbose=None)
+        for s in res["segments"]:
+            segs.append({"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3),
+                         "text": s["text"].strip()})
+    else:
+        raise ValueError(f"unknown --asr-backend {c.asr_backend!r}: use faster-whisper or openai-whisper")
+    return {"segments": segs}
+
+
+def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
+    """WhisperX stage 1: VAD cut & merge toward 30 s, chunks transcribed in batches."""
+    c = models.cfg
+    res = models.whisperx_pipeline().transcribe(audio, batch_size=c.batch_size, language=c.language)
+    segs = [{"start": float(s["start"]), "end": float(s["end"]), "text": s["text"].strip()} for s in res["segments"]]
+    return {"segments": segs, "language": res.get("language", c.language)}
+
+
+def run_wx_align(models: ModelSet, audio: np.ndarray, asr: dict) -> dict:
+    """WhisperX stage 2: forced alignment with a wav2vec2 CTC model; sentences become segments."""
+    import whisperx
+
+    model, meta = models.align_model()
+    res = whisperx.align(asr["segments"], model, meta, audio, models.cfg.resolved_device(),
+                         return_char_alignments=False)
+    segs = []
+    for s in res["segments"]:
+        if s.get("start") is None or s.get("end") is None:
+            continue
+        words = [{"word": w.get("word", ""), "start": _f(w.get("start")), "end": _f(w.get("end"))}
+                 for w in s.get("words", [])]
+        segs.append({"start": float(s["start"]), "end": float(s["end"]), "text": s.get("text", "").strip(),
+                     "words": words})
+    return {"segments": segs}
+
+
+def run_wx_diar(models: ModelSet, audio: np.ndarray, aligned: dict) -> dict:
+    """WhisperX stage 3: diarize, then label each aligned segment with its speaker."""
+    import pandas as pd
+    import whisperx
+
+    turns = diarize_turns(models.diarizer(), audio)
+    df = pd.DataFrame(turns, columns=["start", "end", "speaker"])
+    res = whisperx.assign_word_speakers(df, {"segments": [dict(s) for s in aligned["segments"]]})
+    segs = []
+    for s in res["segments"]:
+        segs.append({"start": float(s["start"]), "end": float(s["end"]), "text": s.get("text", ""),
+                     "speaker": s.get("speaker"), "words": s.get("words", [])})
+    return {"segments": segs, "turns": [list(t) for t in turns]}
+
+
+def diarize_turns(pipeline, audio: np.ndarray) -> list[tuple[float, float, str]]:
+    """Run a pyannote-style pipeline and return sorted (start, end, speaker) turns."""
+    import torch
+
+    out = pipeline({"waveform": torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0), "sample_rate": SR})
+    ann = getattr(out, "speaker_diarization", out)  # pyannote 4 returns a DiarizeOutput
+    if hasattr(ann, "itertracks"):
+        turns = [(float(seg.start), float(seg.end), str(label)) for seg, _, label in ann.itertracks(yield_label=True)]
+    else:  # a DataFrame or list of rows
+        rows = ann.to_dict("records") if hasattr(ann, "to_dict") else list(ann)
+        turns = [(float(r["start"]), float(r["end"]), str(r["speaker"])) if isinstance(r, dict)
+                 else (float(r[0]), float(r[1]), str(r[2])) for r in rows]
+    return sorted(turns)
+
+
+def _f(x):
+    return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else float(x)

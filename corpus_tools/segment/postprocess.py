@@ -1,0 +1,226 @@
+"""Post-processing of Whisper/WhisperX segments (SPEC §2, thesis §6.2.4).
+
+The rules, in the paper's order:
+
+1. drop segments whose transcript equals a phrase of the list (case-insensitive, trimmed);
+2. merge: Whisper — a segment whose text does not end a sentence absorbs the next one,
+   recursively, until the merged text does; WhisperX — consecutive segments of the same
+   speaker become one. Never across a gap longer than 3 s (a gap of exactly 3 s merges);
+3. drop segments shorter than the threshold (1 s or 3 s).
+
+After merging, a segment longer than 30 s is cut in half, recursively, until every piece is
+≤ 30 s (95 s → four pieces of 23.75 s).
+
+Choices the paper leaves open, made here and tested:
+
+* a trailing ellipsis (``...`` or ``…``) does *not* end a sentence: the thesis names
+  ellipses as the mark of an utterance Whisper cut between two 30 s windows, which is
+  what merging repairs;
+* segments with no speaker label are never merged on speaker;
+* every method's output is *sanitised*: clipped to ``[0, file duration]``, empty or
+  zero-length pieces removed, and overlaps between consecutive segments (Whisper
+  timestamps sometimes overlap) resolved by cutting at the middle of the overlap, so
+  kept audio is never used twice.
+
+Segments are plain dicts with at least ``start``, ``end``, ``text`` and optionally
+``speaker`` and ``words`` (list of dicts with ``start``/``end``/``word``). All functions
+return new lists and never mutate their input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_GAP_S = 3.0
+MAX_LEN_S = 30.0
+_EPS = 1e-6
+SENTENCE_END = (".", "?", "!")
+
+PHRASES_DIR = Path(__file__).resolve().parents[2] / "manifests" / "phrases"
+
+
+def load_phrases(language: str | None = None, path: str | Path | None = None) -> set[str]:
+    """The phrase list for ``language`` (``manifests/phrases/<lang>.txt``) or a given file."""
+    if path is None:
+        path = PHRASES_DIR / f"{language or 'nl'}.txt"
+        if not Path(path).exists():
+            return set()
+    phrases = set()
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        s = line.strip()
+        if not s or (s.startswith("#") and s != "#"):
+            continue
+        phrases.add(normalise_phrase(s))
+    return phrases
+
+
+def normalise_phrase(text: str) -> str:
+    return " ".join(text.strip().lower().split())
+
+
+def ends_sentence(text: str) -> bool:
+    t = text.rstrip()
+    if t.endswith("...") or t.endswith("…"):
+        return False
+    return t.endswith(SENTENCE_END)
+
+
+@dataclass
+class DropLog:
+    """Seconds and counts removed by each rule, for `corpus stats`."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, rule: str, segs: list[dict]) -> None:
+        if not segs:
+            return
+        self.seconds[rule] = self.seconds.get(rule, 0.0) + sum(max(0.0, s["end"] - s["start"]) for s in segs)
+        self.counts[rule] = self.counts.get(rule, 0) + len(segs)
+
+    def merge(self, other: "DropLog") -> None:
+        for k, v in other.seconds.items():
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
+        for k, v in other.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+
+
+# -- the rules --------------------------------------------------------------------------
+
+
+def filter_phrases(segs: list[dict], phrases: set[str], log: DropLog | None = None) -> list[dict]:
+    """Rule 1: drop segments whose whole transcript is a listed phrase (or empty)."""
+    keep, drop = [], []
+    for s in segs:
+        t = normalise_phrase(s.get("text") or "")
+        (drop if (t in phrases or t == "") else keep).append(s)
+    if log is not None:
+        log.add("phrase", drop)
+    return keep
+
+
+def _join(a: dict, b: dict) -> dict:
+    out = dict(a)
+    out["start"] = min(a["start"], b["start"])
+    out["end"] = max(a["end"], b["end"])
+    out["text"] = " ".join(t for t in ((a.get("text") or "").strip(), (b.get("text") or "").strip()) if t)
+    if "words" in a or "words" in b:
+        out["words"] = list(a.get("words") or []) + list(b.get("words") or [])
+    return out
+
+
+def _gap_ok(a: dict, b: dict, max_gap: float) -> bool:
+    return b["start"] - a["end"] <= max_gap + _EPS
+
+
+def merge_on_punctuation(segs: list[dict], max_gap: float = MAX_GAP_S) -> list[dict]:
+    """Rule 2 (Whisper): merge forward until the text ends a sentence; never over a gap > max_gap."""
+    out: list[dict] = []
+    cur: dict | None = None
+    for s in sorted(segs, key=lambda s: (s["start"], s["end"])):
+        if cur is None:
+            cur = dict(s)
+        elif not ends_sentence(cur.get("text") or "") and _gap_ok(cur, s, max_gap):
+            cur = _join(cur, s)
+        else:
+            out.append(cur)
+            cur = dict(s)
+    if cur is not None:
+        out.append(cur)
+    return out
+
+
+def merge_on_speaker(segs: list[dict], max_gap: float = MAX_GAP_S) -> list[dict]:
+    """Rule 2 (WhisperX): merge consecutive segments of the same (known) speaker."""
+    out: list[dict] = []
+    for s in sorted(segs, key=lambda s: (s["start"], s["end"])):
+        prev = out[-1] if out else None
+        if (prev is not None and s.get("speaker") is not None
+                and prev.get("speaker") == s.get("speaker") and _gap_ok(prev, s, max_gap)):
+            out[-1] = _join(prev, s)
+        else:
+            out.append(dict(s))
+    return out
+
+
+def drop_short(segs: list[dict], min_len: float, log: DropLog | None = None) -> list[dict]:
+    """Rule 3: drop segments shorter than ``min_len`` seconds."""
+    keep = [s for s in segs if s["end"] - s["start"] >= min_len - _EPS]
+    if log is not None:
+        log.add("short", [s for s in segs if s["end"] - s["start"] < min_len - _EPS])
+    return keep
+
+
+def _split_text(seg: dict, mid: float) -> tuple[str, str]:
+    words = seg.get("words") or []
+    timed = [w for w in words if w.get("start") is not None]
+    if timed:
+        left = " ".join(w.get("word", "").strip() for w in words if (w.get("start") or seg["start"]) < mid)
+        right = " ".join(w.get("word", "").strip() for w in words if (w.get("start") or seg["start"]) >= mid)
+        return left.strip(), right.strip()
+    toks = (seg.get("text") or "").split()
+    k = round(len(toks) / 2)
+    return " ".join(toks[:k]), " ".join(toks[k:])
+
+
+def split_long(segs: list[dict], max_len: float = MAX_LEN_S) -> list[dict]:
+    """Cut segments longer than ``max_len`` in half, recursively (text split by word times)."""
+    out: list[dict] = []
+    stack = list(reversed(segs))
+    while stack:
+        s = stack.pop()
+        if s["end"] - s["start"] <= max_len + _EPS:
+            out.append(s)
+            continue
+        mid = (s["start"] + s["end"]) / 2
+        lt, rt = _split_text(s, mid)
+        a = {**s, "end": mid, "text": lt}
+        b = {**s, "start": mid, "text": rt}
+        if "words" in s:
+            a["words"] = [w for w in s["words"] if (w.get("start") or s["start"]) < mid]
+            b["words"] = [w for w in s["words"] if (w.get("start") or s["start"]) >= mid]
+        stack.extend([b, a])
+    return out
+
+
+def sanitise(segs: list[dict], file_duration: float | None) -> list[dict]:
+    """Clip to the file, drop empty pieces, and cut overlaps at their middle."""
+    clipped = []
+    for s in segs:
+        start = max(0.0, float(s["start"]))
+        end = float(s["end"])
+        if file_duration is not None:
+            end = min(end, file_duration)
+        if not (math.isfinite(start) and math.isfinite(end)) or end - start <= _EPS:
+            continue
+        clipped.append({**s, "start": start, "end": end})
+    clipped.sort(key=lambda s: (s["start"], s["end"]))
+    out: list[dict] = []
+    for s in clipped:
+        if out and s["start"] < out[-1]["end"]:
+            prev = out[-1]
+            if s["end"] <= prev["end"]:
+                continue  # fully inside the previous segment: its audio is already kept
+            cut = (s["start"] + prev["end"]) / 2
+            prev["end"] = cut
+            s = {**s, "start": cut}
+            if prev["end"] - prev["start"] <= _EPS:
+                out.pop()
+        out.append(s)
+    return out
+
+
+def postprocess(segs: list[dict], *, merge: str, min_len: float, phrases: set[str],
+                file_duration: float | None, max_gap: float = MAX_GAP_S, max_len: float = MAX_LEN_S,
+                log: DropLog | None = None) -> list[dict]:
+    """The full chain: phrase filter → merge → halve > 30 s → drop short → sanitise."""
+    if merge not in ("punctuation", "speaker"):
+        raise ValueError(f"merge must be 'punctuation' or 'speaker', not {merge!r}")
+    segs = sanitise(segs, file_duration)  # past-the-end and inverted stamps first
+    segs = filter_phrases(segs, phrases, log)
+    segs = merge_on_punctuation(segs, max_gap) if merge == "punctuation" else merge_on_speaker(segs, max_gap)
+    segs = split_long(segs, max_len)
+    segs = sanitise(segs, file_duration)
+    return drop_short(segs, min_len, log)

@@ -1,0 +1,239 @@
+"""`corpus segment`: run the model stages once per recording, derive all ten methods.
+
+Model work is organised as *stages* whose outputs are cached per recording:
+
+    seq        → (no model)
+    sad        → vad
+    w-*        → whisper                 (one Whisper pass serves w-raw, w-pp-1s, w-pp-3s)
+    wx-asr     → wx-asr
+    wx-align   → wx-asr → wx-align
+    wx-diar*   → wx-asr → wx-align → wx-diar
+
+Each stage output is written atomically to ``cache/<stage>-<key>/<recording>.json`` as soon
+as it exists, where ``<key>`` hashes the settings the stage depends on. A rerun (or a run
+after ``kill -9``) therefore recomputes only recordings in flight, and asking for
+``wx-diar-3s`` after ``wx-diar`` costs no inference. Manifests are then assembled from the
+caches by pure functions and written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Iterable
+
+import polars as pl
+
+from corpus_tools.manifests import SEGMENTS_SCHEMA, WorkDir, read_recordings, write_segments
+from corpus_tools.segment import postprocess as pp
+from corpus_tools.segment.backends import SegmentConfig
+
+METHODS = ("seq", "sad", "w-raw", "w-pp-1s", "w-pp-3s", "wx-asr", "wx-align", "wx-diar",
+           "wx-diar-1s", "wx-diar-3s")
+STAGE_ORDER = ("vad", "whisper", "wx-asr", "wx-align", "wx-diar")
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "seq": (),
+    "sad": ("vad",),
+    "w-raw": ("whisper",), "w-pp-1s": ("whisper",), "w-pp-3s": ("whisper",),
+    "wx-asr": ("wx-asr",),
+    "wx-align": ("wx-asr", "wx-align"),
+    "wx-diar": ("wx-asr", "wx-align", "wx-diar"),
+    "wx-diar-1s": ("wx-asr", "wx-align", "wx-diar"),
+    "wx-diar-3s": ("wx-asr", "wx-align", "wx-diar"),
+}
+SEQ_CHUNK_S = 30.0
+
+
+def parse_methods(spec: Iterable[str]) -> list[str]:
+    out: list[str] = []
+    for item in spec:
+        for m in item.split(","):
+            m = m.strip()
+            if not m:
+                continue
+            if m == "all":
+                out.extend(METHODS)
+            elif m in METHODS:
+                out.append(m)
+            else:
+                raise ValueError(f"unknown method {m!r}; valid: {', '.join(METHODS)}, all")
+    return sorted(set(out), key=METHODS.index)
+
+
+def stages_for(methods: list[str]) -> list[str]:
+    needed = {s for m in methods for s in METHOD_STAGES[m]}
+    return [s for s in STAGE_ORDER if s in needed]
+
+
+# -- per-recording stage cache ----------------------------------------------------------
+
+
+class StageCache:
+    def __init__(self, workdir: WorkDir, cfg: SegmentConfig):
+        self.wd, self.cfg = workdir, cfg
+
+    def dir(self, stage: str) -> Path:
+        key = json.dumps(self.cfg.stage_key(stage), sort_keys=True)
+        return self.wd.cache_dir(f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
+
+    def path(self, stage: str, rid: str) -> Path:
+        return self.dir(stage) / f"{_safe(rid)}.json"
+
+    def get(self, stage: str, rid: str) -> dict | None:
+        p = self.path(stage, rid)
+        if not p.exists():
+            return None
+        try:
+            return json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, OSError):
+            return None  # never trust a damaged cache entry: recompute it
+
+    def put(self, stage: str, rid: str, data: dict) -> None:
+        p = self.path(stage, rid)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if not (p.parent / "settings.json").exists():
+            _atomic_write(p.parent / "settings.json", json.dumps(
+                {"stage": stage, **self.cfg.stage_key(stage)}, indent=1))
+        _atomic_write(p, json.dumps(data, ensure_ascii=False))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _safe(rid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", rid)
+
+
+def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
+                      load: Callable[[str], "object"] | None = None) -> dict:
+    """Compute the missing stages for one recording; returns {"seconds": s, "computed": [...]}."""
+    from corpus_tools.segment import backends as be
+
+    rid = rec["recording_id"]
+    missing = [s for s in stages if cache.get(s, rid) is None]
+    if cache.get("error", rid) is not None:
+        return {"seconds": 0.0, "computed": [], "error": cache.get("error", rid)["reason"]}
+    if not missing:
+        return {"seconds": 0.0, "computed": []}
+    t0 = time.perf_counter()
+    try:
+        audio = (load or _load_full)(rec["path"])
+    except Exception as exc:
+        cache.put("error", rid, {"reason": f"decode failed: {exc}"})
+        return {"seconds": 0.0, "computed": [], "error": str(exc)}
+    done: list[str] = []
+    for stage in missing:
+        if stage == "vad":
+            out = be.run_vad(models, audio)
+        elif stage == "whisper":
+            out = be.run_whisper(models, audio)
+        elif stage == "wx-asr":
+            out = be.run_wx_asr(models, audio)
+        elif stage == "wx-align":
+            out = be.run_wx_align(models, audio, cache.get("wx-asr", rid))
+        elif stage == "wx-diar":
+            out = be.run_wx_diar(models, audio, cache.get("wx-align", rid))
+        else:
+            raise KeyError(stage)
+        cache.put(stage, rid, out)
+        done.append(stage)
+    return {"seconds": time.perf_counter() - t0, "computed": done}
+
+
+def _load_full(path: str):
+    from corpus_tools.audio import load_audio
+
+    return load_audio(path)
+
+
+# -- assembling methods from caches (pure) ----------------------------------------------
+
+
+def method_segments(method: str, rec: dict, cache: StageCache, phrases: set[str],
+                    log: pp.DropLog) -> list[dict]:
+    """The segments of one recording for one method, from cached stage outputs."""
+    rid, dur = rec["recording_id"], float(rec["duration"])
+    if method == "seq":
+        n = int(dur // SEQ_CHUNK_S + 1e-9)
+        segs = [{"start": i * SEQ_CHUNK_S, "end": (i + 1) * SEQ_CHUNK_S, "text": ""} for i in range(n)]
+        log.add("seq-tail", [{"start": n * SEQ_CHUNK_S, "end": dur}] if dur > n * SEQ_CHUNK_S else [])
+        return segs
+    if method == "sad":
+        regions = cache.get("vad", rid)["regions"]
+        return pp.sanitise(pp.split_long([{"start": s, "end": e, "text": ""} for s, e in regions]), dur)
+    if method.startswith("w-"):
+        raw = cache.get("whisper", rid)["segments"]
+        if method == "w-raw":
+            return pp.sanitise(raw, dur)
+        return pp.postprocess(raw, merge="punctuation", min_len=_threshold(method), phrases=phrases,
+                              file_duration=dur, log=log)
+    stage = {"wx-asr": "wx-asr", "wx-align": "wx-align"}.get(method, "wx-diar")
+    segs = cache.get(stage, rid)["segments"]
+    if stage == "wx-diar":
+        segs = [{**s, "speaker": f"{rid}:{s['speaker']}" if s.get("speaker") else None} for s in segs]
+    if method in ("wx-diar-1s", "wx-diar-3s"):
+        return pp.postprocess(segs, merge="speaker", min_len=_threshold(method), phrases=phrases,
+                              file_duration=dur, log=log)
+    return pp.sanitise(segs, dur)
+
+
+def _threshold(method: str) -> float:
+    return float(method.rsplit("-", 1)[1].rstrip("s"))
+
+
+def segment_id(rid: str, start: float, end: float) -> str:
+    # no dots: WebDataset splits member names at the first dot of the basename
+    return f"{_safe(rid)}_{int(round(start * 1000)):09d}_{int(round(end * 1000)):09d}"
+
+
+def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str],
+             language: str) -> tuple[pl.DataFrame, dict]:
+    log = pp.DropLog()
+    rows = []
+    failed_s, covered_s = 0.0, 0.0
+    for rec in recs:
+        rid = rec["recording_id"]
+        err = cache.get("error", rid)
+        if err is not None or any(cache.get(s, rid) is None for s in METHOD_STAGES[method]):
+            failed_s += float(rec["duration"] or 0.0)
+            continue
+        segs = method_segments(method, rec, cache, phrases, log)
+        for s in segs:
+            covered_s += s["end"] - s["start"]
+            rows.append({
+                "segment_id": segment_id(rid, s["start"], s["end"]), "recording_id": rid,
+                "path": rec["path"], "start": round(s["start"], 3), "end": round(s["end"], 3),
+                "duration": round(s["end"], 3) - round(s["start"], 3), "text": s.get("text") or "",
+                "speaker": s.get("speaker"), "method": method, "language": language, "session": rid,
+            })
+    df = pl.DataFrame(rows, schema=SEGMENTS_SCHEMA) if rows else pl.DataFrame(schema=SEGMENTS_SCHEMA)
+    total = sum(float(r["duration"] or 0.0) for r in recs)
+    drops = {"total_seconds": total, "kept_seconds": float(df["duration"].sum()) if df.height else 0.0,
+             "failed_seconds": failed_s, "rules_seconds": log.seconds, "rules_counts": log.counts}
+    return df, drops
+
+
+# -- the driver -------------------------------------------------------------------------
+
+
+def ok_recordings(wd: WorkDir) -> list[dict]:
+    df = read_recordings(wd.recordings)
+    return df.filter(pl.col("status") == "ok").sort("recording_id").to_dicts()
+
+
+def write_method(wd: WorkDir, method: str, df: pl.DataFrame, drops: dict, cfg: SegmentConfig) -> Path:
+    path = write_segments(df, wd.segments(method))
+    _atomic_write(wd.segments_dir / f"{method}.drops.json",
+                  json.dumps({**drops, "method": method, "settings": asdict(cfg)}, indent=1))
+    return path

@@ -1,0 +1,75 @@
+"""Segmentation statistics: the Table 14 view (thesis §6.2.4) and per-rule accounting."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+
+from corpus_tools.manifests import WorkDir, read_recordings, read_segments
+from corpus_tools.segment.runner import METHODS
+
+TABLE_COLUMNS = ("method", "segments", "hours", "discarded_pct", "mean_s", "min_s", "max_s",
+                 "phrase_h", "short_h", "music_vad_h", "failed_h")
+
+
+def method_stats(wd: WorkDir, methods: list[str] | None = None) -> pl.DataFrame:
+    """One row per method present: the paper's columns plus hours dropped per rule.
+
+    ``discarded_pct`` is relative to the ok audio given to segmentation. ``music_vad_h`` is
+    audio no segment of the method ever covered (music, silence, noise the models skipped,
+    the tail of ``seq``), i.e. what remains after the other rules are accounted for.
+    """
+    recs = read_recordings(wd.recordings)
+    ok_s = float(recs.filter(pl.col("status") == "ok")["duration"].sum() or 0.0)
+    ingest_failed_s = float(recs.filter(pl.col("status") == "failed")["duration"].fill_null(0).sum() or 0.0)
+    rows = []
+    present = wd.methods_present()
+    for m in sorted(methods or present, key=lambda x: METHODS.index(x) if x in METHODS else 99):
+        if m not in present:
+            raise FileNotFoundError(f"no segments for method {m} in {wd.root} (present: {', '.join(present) or 'none'})")
+        seg = read_segments(wd.segments(m))
+        drops_path = wd.segments_dir / f"{m}.drops.json"
+        drops = json.loads(drops_path.read_text()) if drops_path.exists() else {}
+        rules = drops.get("rules_seconds", {})
+        kept = float(seg["duration"].sum() or 0.0)
+        phrase, short = rules.get("phrase", 0.0), rules.get("short", 0.0)
+        failed = drops.get("failed_seconds", 0.0)
+        # Merging can cover short pauses between segments, so the residual is clamped at 0.
+        music = max(0.0, ok_s - kept - phrase - short - failed)
+        rows.append({
+            "method": m, "segments": seg.height, "hours": kept / 3600,
+            "discarded_pct": 100.0 * (1 - kept / ok_s) if ok_s else 0.0,
+            "mean_s": float(seg["duration"].mean() or 0.0), "min_s": float(seg["duration"].min() or 0.0),
+            "max_s": float(seg["duration"].max() or 0.0), "phrase_h": phrase / 3600, "short_h": short / 3600,
+            "music_vad_h": music / 3600, "failed_h": (failed + ingest_failed_s) / 3600,
+        })
+    return pl.DataFrame(rows, schema={c: (pl.String if c == "method" else pl.Int64 if c == "segments" else pl.Float64)
+                                      for c in TABLE_COLUMNS})
+
+
+def plot_lengths(wd: WorkDir, out_png: Path, methods: list[str] | None = None) -> Path:
+    """Histogram of segment lengths per method (one panel each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    present = [m for m in (methods or wd.methods_present())]
+    n = max(1, len(present))
+    cols = min(5, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, m in zip(axes.flat, present):
+        d = read_segments(wd.segments(m))["duration"].to_numpy()
+        ax.hist(d, bins=30, range=(0, 32), color="tab:blue")
+        ax.set_title(f"{m} (n={len(d)})", fontsize=9)
+        ax.set_xlabel("length (s)", fontsize=8)
+    for ax in list(axes.flat)[len(present):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png

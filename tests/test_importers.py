@@ -1,0 +1,278 @@
+"""Importers: tiny corpora in each standard layout → segments manifests → shards."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from corpus_tools import importers as imp
+from corpus_tools.cli import app
+from corpus_tools.manifests import SEGMENTS_SCHEMA, read_segments
+
+
+def tone(path: Path, seconds: float, sr: int = 16000, fmt: str | None = None,
+         subtype: str | None = None, freq: float = 220.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format=fmt,
+             subtype=subtype)
+    return path
+
+
+def check_manifest(df: pl.DataFrame, n: int, method: str) -> None:
+    assert list(df.columns[: len(SEGMENTS_SCHEMA)]) == list(SEGMENTS_SCHEMA)
+    assert df.height == n
+    assert df["segment_id"].n_unique() == n
+    assert (df["method"] == method).all()
+    assert (df["start"] == 0).all()
+    assert (df["end"] - df["duration"]).abs().max() < 1e-9
+    assert df["duration"].min() > 0
+    assert all(Path(p).is_file() for p in df["path"])
+
+
+# -- LibriSpeech ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def librispeech(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ls") / "LibriSpeech"
+    split = root / "dev-clean"
+    utts = {("19", "198"): ["HELLO WORLD", "SECOND ONE"], ("26", "495"): ["THIRD UTTERANCE"]}
+    for (spk, ch), texts in utts.items():
+        folder = split / spk / ch
+        lines = []
+        for i, text in enumerate(texts):
+            uid = f"{spk}-{ch}-{i:04d}"
+            tone(folder / f"{uid}.flac", 1.0 + 0.5 * i)
+            lines.append(f"{uid} {text}")
+        (folder / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
+    (root / "SPEAKERS.TXT").write_text(
+        "; ID  |SEX| SUBSET           |MINUTES| NAME\n"
+        "19    | F | train-clean-100  | 25.19 | Kara Shallenberg\n"
+        "26    | M | train-clean-100  | 25.08 | Denny Sayers\n")
+    return root
+
+
+def test_librispeech(librispeech):
+    df = imp.import_librispeech(librispeech / "dev-clean")
+    check_manifest(df, 3, "librispeech")
+    row = df.filter(pl.col("segment_id") == "19-198-0001").row(0, named=True)
+    assert row["text"] == "SECOND ONE"
+    assert row["speaker"] == "19" and row["session"] == "198" and row["chapter"] == "198"
+    assert row["language"] == "en" and row["subset"] == "dev-clean" and row["gender"] == "F"
+    assert row["duration"] == pytest.approx(1.5)
+    # the root works too
+    assert imp.import_librispeech(librispeech).height == 3
+
+
+# -- MLS ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mls(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mls") / "mls_dutch"
+    entries = {"train": [("10087", "10388", 0, "flac"), ("10087", "10388", 1, "flac"),
+                         ("1234", "555", 7, "flac")],
+               "dev": [("999", "111", 3, "opus")]}
+    for split, utts in entries.items():
+        lines = []
+        for spk, book, i, ext in utts:
+            uid = f"{spk}_{book}_{i:06d}"
+            path = root / split / "audio" / spk / book / f"{uid}.{ext}"
+            if ext == "opus":
+                tone(path, 2.0, sr=48000, fmt="OGG", subtype="OPUS")
+            else:
+                tone(path, 1.25)
+            lines.append(f"{uid}\tdit is zin {i}")
+        (root / split / "transcripts.txt").write_text("\n".join(lines) + "\n")
+    (root / "metainfo.txt").write_text(
+        "SPEAKER   |   GENDER   | PARTITION  |  MINUTES   |  BOOK ID   | TITLE | CHAPTER\n"
+        "10087     |    F       |   train    |  10.0      |  10388     | Boek  | 1\n")
+    return root
+
+
+def test_mls_flac_and_opus(mls):
+    df = imp.import_mls(mls)
+    check_manifest(df, 4, "mls")
+    assert set(df["language"]) == {"nl"}
+    row = df.filter(pl.col("segment_id") == "10087_10388_000001").row(0, named=True)
+    assert row["speaker"] == "10087" and row["session"] == "10087_10388"
+    assert row["text"] == "dit is zin 1" and row["split"] == "train" and row["gender"] == "F"
+    opus = df.filter(pl.col("split") == "dev").row(0, named=True)
+    assert opus["path"].endswith(".opus") and opus["duration"] == pytest.approx(2.0, abs=0.05)
+    assert imp.import_mls(mls, splits=["dev"]).height == 1
+    assert imp.import_mls(mls / "train").height == 3
+
+
+# -- Common Voice ---------------------------------------------------------------------------
+
+CV_HEADER = ("client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\t"
+             "age\tgender\taccents\tvariant\tlocale\tsegment")
+
+
+@pytest.fixture(scope="module")
+def commonvoice(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cv") / "cv-corpus-18.0-2024-06-14" / "nl"
+    clips = {"common_voice_nl_1.mp3": 1.0, "common_voice_nl_2.mp3": 1.5,
+             "common_voice_nl_3.mp3": 2.0}
+    for name, secs in clips.items():
+        tone(root / "clips" / name, secs, sr=32000, fmt="MP3", subtype="MPEG_LAYER_III")
+
+    def row(client, clip, sentence):
+        return "\t".join([client, clip, "sid", sentence, "", "2", "0", "thirties",
+                          "female_feminine", "", "", "nl", ""])
+
+    (root / "train.tsv").write_text("\n".join([
+        CV_HEADER, row("spkA", "common_voice_nl_1.mp3", 'Hij zei "hallo" tegen mij.'),
+        row("spkB", "common_voice_nl_2.mp3", "Tweede zin.")]) + "\n")
+    (root / "dev.tsv").write_text("\n".join([CV_HEADER, row("spkC", "common_voice_nl_3.mp3", "Derde.")]) + "\n")
+    (root / "test.tsv").write_text(CV_HEADER + "\n")
+    (root / "validated.tsv").write_text("\n".join([
+        CV_HEADER, row("spkA", "common_voice_nl_1.mp3", 'Hij zei "hallo" tegen mij.')]) + "\n")
+    (root / "clip_durations.tsv").write_text("clip\tduration[ms]\ncommon_voice_nl_2.mp3\t1500\n")
+    return root
+
+
+def test_commonvoice(commonvoice):
+    df = imp.import_commonvoice(commonvoice)
+    check_manifest(df, 3, "commonvoice")
+    row = df.filter(pl.col("segment_id") == "common_voice_nl_1").row(0, named=True)
+    assert row["text"] == 'Hij zei "hallo" tegen mij.'
+    assert row["speaker"] == "spkA" and row["language"] == "nl" and row["split"] == "train"
+    assert row["gender"] == "female_feminine"
+    assert row["duration"] == pytest.approx(1.0, abs=0.1)  # probed (mp3 padding aside)
+    assert df.filter(pl.col("segment_id") == "common_voice_nl_2")["duration"][0] == 1.5
+    # validated overlaps train: kept once
+    both = imp.import_commonvoice(commonvoice, splits=["validated", "train", "dev"])
+    assert both.height == 3
+    assert both.filter(pl.col("segment_id") == "common_voice_nl_1")["split"][0] == "validated"
+
+
+# -- MUSAN ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def musan(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("musan") / "musan"
+    for i in range(3):
+        tone(root / "noise" / "free-sound" / f"noise-free-sound-{i:04d}.wav", 0.5 + i, freq=900)
+    tone(root / "noise" / "sound-bible" / "noise-sound-bible-0000.wav", 1.0, sr=44100)
+    tone(root / "music" / "fma" / "music-fma-0000.wav", 1.0)
+    (root / "noise" / "free-sound" / "ANNOTATIONS").write_text("noise-free-sound-0001\n")
+    (root / "noise" / "free-sound" / "LICENSE").write_text("CC BY 3.0\n")
+    (root / "noise" / "sound-bible" / "LICENSE").write_text("public domain\n")
+    (root / "noise" / "sound-bible" / "ANNOTATIONS").write_text("")
+    (root / "music" / "fma" / "ANNOTATIONS").write_text("music-fma-0000 classical N\n")
+    return root
+
+
+def test_musan(musan, tmp_path):
+    df = imp.import_musan(musan)
+    check_manifest(df, 4, "musan")
+    assert set(df["source"]) == {"free-sound", "sound-bible"}
+    assert set(df["subset"]) == {"noise"}
+    assert df.filter(pl.col("background"))["segment_id"].to_list() == ["noise-free-sound-0001"]
+    assert df["category"].null_count() == 4
+    cats = tmp_path / "cats.csv"
+    cats.write_text("id,category\nnoise-free-sound-0000,technical\nnoise-free-sound-0001,ambient\n"
+                    "noise-sound-bible-0000.wav,crowd\n")
+    df = imp.import_musan(musan, categories=cats)
+    got = dict(zip(df["segment_id"], df["category"]))
+    assert got["noise-free-sound-0000"] == "technical" and got["noise-sound-bible-0000"] == "crowd"
+    both = imp.import_musan(musan, subsets=["noise", "music"])
+    music = both.filter(pl.col("subset") == "music").row(0, named=True)
+    assert music["annotation"] == "classical N"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,category\nnoise-free-sound-0000,loud\n")
+    with pytest.raises(ValueError, match="technical"):
+        imp.import_musan(musan, categories=bad)
+
+
+# -- FMA ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fma(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fma")
+    for tid in (2, 5, 1039):
+        tone(root / "fma_large" / f"{tid // 1000:03d}" / f"{tid:06d}.mp3", 1.0, sr=44100,
+             fmt="MP3", subtype="MPEG_LAYER_III")
+    meta = root / "fma_metadata"
+    meta.mkdir()
+    (meta / "tracks.csv").write_text(
+        ",album,artist,set,set,track,track,track,track\n"
+        ",title,name,split,subset,genre_top,genres,genres_all,title\n"
+        "track_id,,,,,,,,\n"
+        '2,AWOL,AWOL,training,small,Hip-Hop,[21],[21],Food\n'
+        '5,AWOL,AWOL,training,large,Hip-Hop,"[21, 811]","[21, 811]",This World\n')
+    (meta / "genres.csv").write_text(
+        "genre_id,#tracks,parent,title,top_level\n21,8389,0,Hip-Hop,21\n811,1000,21,Hip-Hop Beats,21\n")
+    return root
+
+
+def test_fma(fma):
+    df = imp.import_fma(fma)
+    check_manifest(df, 3, "fma")
+    row = df.filter(pl.col("segment_id") == "fma-000005").row(0, named=True)
+    assert row["genre_top"] == "Hip-Hop" and row["genres"] == "Hip-Hop|Hip-Hop Beats"
+    assert row["fma_subset"] == "large" and row["artist"] == "AWOL" and row["title"] == "This World"
+    unknown = df.filter(pl.col("segment_id") == "fma-001039").row(0, named=True)
+    assert unknown["genre_top"] is None
+    assert imp.import_fma(fma / "fma_large", metadata=fma / "fma_metadata").height == 3
+
+
+def test_read_fma_tracks_header(fma):
+    tracks = imp.read_fma_tracks(fma / "fma_metadata" / "tracks.csv")
+    assert tracks[5]["track.genre_top"] == "Hip-Hop"
+    assert tracks[2]["set.subset"] == "small"
+
+
+# -- layouts that are wrong -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(imp.IMPORTERS))
+def test_wrong_layout_is_a_clear_error(name, tmp_path):
+    (tmp_path / "random.txt").write_text("nothing here")
+    with pytest.raises(imp.CorpusLayoutError):
+        imp.IMPORTERS[name](tmp_path)
+
+
+# -- CLI and the way on to shards -----------------------------------------------------------
+
+
+def test_cli_import_then_shard(librispeech, commonvoice, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "ls.parquet"
+    res = runner.invoke(app, ["import", "librispeech", str(librispeech), "-o", str(out),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert read_segments(out).height == 3
+    res = runner.invoke(app, ["shard", str(out), "-o", str(tmp_path / "shards"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    tar = next((tmp_path / "shards").glob("*.tar"))
+    with tarfile.open(tar) as tf:
+        metas = [json.load(tf.extractfile(m)) for m in tf.getmembers() if m.name.endswith(".json")]
+    assert {m["transcript"] for m in metas} == {"HELLO WORLD", "SECOND ONE", "THIRD UTTERANCE"}
+    assert {m["session"] for m in metas} == {"198", "495"}
+    assert {m["method"] for m in metas} == {"librispeech"}
+    # mp3 clips (FFmpeg decode path) shard too
+    cv = tmp_path / "cv.parquet"
+    res = runner.invoke(app, ["import", "commonvoice", str(commonvoice), "-o", str(cv),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["shard", str(cv), "-o", str(tmp_path / "cvshards"), "--format",
+                              "flac", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    index = pl.read_parquet(tmp_path / "cvshards" / "shards.parquet")
+    assert index["count"].sum() == 3
+    assert index["hours"].sum() == pytest.approx(read_segments(cv)["duration"].sum() / 3600)
+    # a bad directory: one-line error, non-zero exit
+    res = runner.invoke(app, ["import", "mls", str(tmp_path / "nope"), "-o", str(tmp_path / "x.parquet")])
+    assert res.exit_code != 0 and "Traceback" not in res.output

@@ -1,0 +1,159 @@
+"""`corpus segment` and `corpus stats` with the real offline models (Whisper base, pyannote
+VAD, the random-weight alignment stand-in, segmentation-3.0 + CAM++ diarization)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from corpus_tools.cli import app
+from corpus_tools.manifests import WorkDir, read_segments
+from corpus_tools.segment import runner
+from corpus_tools.segment.backends import SegmentConfig
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def segmented(tmp_path_factory, models_dir):
+    """One ~100 s broadcast (music, Dutch TTS voices, silence, the real 2-speaker call,
+    noise, alsa clips), ingested and segmented with --method all."""
+    from corpus_tools.samples import build_sample_archive
+
+    arch = build_sample_archive(tmp_path_factory.mktemp("seg-archive"), n_broadcasts=1)
+    work = tmp_path_factory.mktemp("seg-work")
+    res = cli.invoke(app, ["ingest", str(arch), "-o", str(work)])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["segment", str(work), "--method", "all", "--whisper-model", "base",
+                           "--models-dir", str(models_dir), "--device", "cpu", "--beam-size", "1",
+                           "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    return work, json.loads((arch / "timelines.json").read_text()), res.output
+
+
+def test_every_method_writes_a_manifest(segmented):
+    work, _, out = segmented
+    wd = WorkDir(work)
+    assert wd.methods_present() == sorted(runner.METHODS)
+    for m in runner.METHODS:
+        df = read_segments(wd.segments(m))
+        assert (df["method"] == m).all()
+        assert df["segment_id"].is_unique().all()
+    assert "real time" in out
+
+
+@pytest.mark.parametrize("method", ["w-pp-3s", "wx-diar-3s", "wx-diar-1s", "w-pp-1s"])
+def test_postprocessed_methods_are_clean(segmented, method):
+    work, timelines, _ = segmented
+    df = read_segments(WorkDir(work).segments(method)).sort("recording_id", "start")
+    lo = float(method.rsplit("-", 1)[1].rstrip("s"))
+    assert df.height > 0
+    assert (df["duration"] >= lo - 1e-6).all() and (df["duration"] <= 30.0 + 1e-6).all()
+    for rid, g in df.group_by("recording_id"):
+        starts, ends = g["start"].to_list(), g["end"].to_list()
+        assert all(e <= s2 + 1e-6 for e, s2 in zip(ends, starts[1:])), "overlapping segments"
+        dur = max(st["end"] for st in timelines[rid[0]])
+        assert min(starts) >= 0 and max(ends) <= dur + 1e-3
+
+
+@pytest.mark.parametrize("method", ["w-pp-3s", "wx-diar-3s", "sad"])
+def test_little_music_or_silence_is_kept(segmented, method):
+    """Segments lying mostly inside music-only or silence-only stretches are rare (< 10 % of kept)."""
+    work, timelines, _ = segmented
+    df = read_segments(WorkDir(work).segments(method))
+    bad = kept = 0.0
+    for r in df.iter_rows(named=True):
+        tl = timelines[r["recording_id"]]
+        nonspeech = sum(max(0.0, min(r["end"], t["end"]) - max(r["start"], t["start"]))
+                        for t in tl if t["kind"] in ("music", "silence"))
+        kept += r["duration"]
+        if nonspeech > 0.5 * r["duration"]:
+            bad += r["duration"]
+    assert kept > 0 and bad / kept < 0.10, (bad, kept)
+
+
+def test_seq_is_thirty_second_chunks_without_tail(segmented):
+    work, timelines, _ = segmented
+    df = read_segments(WorkDir(work).segments("seq"))
+    dur = max(t["end"] for t in next(iter(timelines.values())))
+    assert df.height == int(dur // 30) and (df["duration"] == 30.0).all()
+
+
+def test_wx_diar_labels_speakers(segmented):
+    work, _, _ = segmented
+    df = read_segments(WorkDir(work).segments("wx-diar"))
+    assert df["speaker"].drop_nulls().n_unique() >= 1
+    assert df["text"].str.len_chars().sum() > 0
+
+
+def test_derived_methods_cost_no_inference(segmented, models_dir, monkeypatch):
+    """Asking again (e.g. wx-diar-3s after wx-diar) is served from the stage caches."""
+    work, _, _ = segmented
+    from corpus_tools.segment import backends
+
+    def boom(*a, **k):
+        raise AssertionError("model inference ran for a cached stage")
+
+    for name in ("run_vad", "run_whisper", "run_wx_asr", "run_wx_align", "run_wx_diar"):
+        monkeypatch.setattr(backends, name, boom)
+    before = read_segments(WorkDir(work).segments("wx-diar-3s"))
+    res = cli.invoke(app, ["segment", str(work), "--method", "wx-diar-3s,w-pp-1s", "--whisper-model", "base",
+                           "--models-dir", str(models_dir), "--device", "cpu", "--beam-size", "1",
+                           "--batch-size", "4"])
+    assert res.exit_code == 0, res.output
+    assert "all stages cached" in res.output
+    assert read_segments(WorkDir(work).segments("wx-diar-3s")).equals(before)
+
+
+def test_stats_prints_table_and_plot(segmented, tmp_path):
+    work, _, _ = segmented
+    res = cli.invoke(app, ["stats", str(work), "--plot", str(tmp_path / "h.png"), "--csv", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    for col in ("segments", "hours kept", "% discarded", "mean s", "min s", "max s"):
+        assert col in res.output
+    for m in runner.METHODS:
+        assert m in res.output
+    t = pl.read_csv(tmp_path / "t.csv")
+    assert t.height == len(runner.METHODS)
+    assert (t["discarded_pct"] >= 0).all() and (t["discarded_pct"] <= 100).all()
+    assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_unknown_method_and_missing_workdir(tmp_path):
+    res = cli.invoke(app, ["segment", str(tmp_path), "--method", "bogus"])
+    assert res.exit_code != 0 and "unknown method" in res.output
+    res = cli.invoke(app, ["segment", str(tmp_path), "--method", "seq"])
+    assert res.exit_code != 0 and "corpus ingest" in res.output
+
+
+def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path):
+    wd = WorkDir(tmp_path)
+    a = runner.StageCache(wd, SegmentConfig(whisper_model="base"))
+    b = runner.StageCache(wd, SegmentConfig(whisper_model="large-v2"))
+    assert a.dir("whisper") != b.dir("whisper") and a.dir("vad") == b.dir("vad")
+    a.put("whisper", "r1", {"segments": []})
+    assert a.get("whisper", "r1") == {"segments": []}
+    a.path("whisper", "r2").write_text('{"segme')  # a torn write from a killed process
+    assert a.get("whisper", "r2") is None
+
+
+def test_segment_failed_decode_is_counted(tmp_path, sample_archive):
+    """A recording that fails to decode at segmentation time is skipped and counted, not fatal."""
+    folder = tmp_path / "a"
+    folder.mkdir()
+    shutil.copy(next(sample_archive.glob("bc000.*")), folder)
+    assert cli.invoke(app, ["ingest", str(folder), "-o", str(tmp_path / "w")]).exit_code == 0
+    next(folder.glob("bc000.*")).write_bytes(b"garbage")  # the file went bad after ingest
+    wd = WorkDir(tmp_path / "w")
+    cfg = SegmentConfig()
+    cache = runner.StageCache(wd, cfg)
+    rec = runner.ok_recordings(wd)[0]
+    res = runner.process_recording(rec, ["vad"], cache, models=None)
+    assert "decode failed" in res["error"]
+    df, drops = runner.assemble("sad", [rec], cache, set(), "nl")
+    assert df.height == 0 and drops["failed_seconds"] == pytest.approx(rec["duration"])

@@ -1,0 +1,462 @@
+"""wav2vec 2.0 self-supervised pre-training loop (nanoGPT style: the whole loop is ``pretrain``).
+
+Single process by default; under ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the environment) it
+runs DDP with NCCL on GPUs and gloo on CPU. Training counts optimizer steps over an *infinite*
+shard stream, so every rank does exactly the same number of forward/backward passes (no DDP
+hang from uneven batch counts). Global batch = world size × accumulation × seconds per GPU.
+
+Precision: bf16 autocast on CUDA (``--precision auto``); GroupNorm, the positional conv, the
+quantizer softmax and the losses run in float32 inside the model regardless. fp32 on CPU.
+
+Exact resume: model, optimizer, step (→ LR and gumbel τ), per-rank RNG states, hours seen and
+the data position (``start_batch = step × accumulation`` of each rank's stream) are saved; a
+resumed run continues the same loss sequence bit for bit (same world size, CPU, num_workers=0
+for the test; on GPU up to kernel non-determinism).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainer import checkpoint as ckpt_lib
+from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining, codebook_similarity, count_parameters, load_config_file
+from trainer.schedules import Schedule, lr_heuristic
+
+# Dense bf16 peak FLOP/s used for the MFU estimate, by substring of the device name.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+                   "A10G": 70e12, "L4": 121e12, "V100": 125e12}
+
+
+@dataclass
+class PretrainArgs:
+    """Everything ``trainer pretrain`` accepts; ``None`` means "take it from the config's train section"."""
+
+    shards: str
+    out: str
+    config: str = "base"
+    steps: int | None = None
+    batch_seconds: float | None = None        # per GPU, padding included (the batcher's budget)
+    accumulation: int | None = None
+    lr: float | str | None = None             # a number or "auto" (= lr_rule applied to the global batch)
+    lr_rule: str = "sqrt"
+    schedule: str | None = None
+    cycle_steps: int = 25_000                 # half cycle of the triangular schedule
+    weight_decay: float | None = None
+    max_grad_norm: float = 0.0                # 0 = no clipping (the norm is still logged)
+    precision: str = "auto"                   # auto | bf16 | fp32
+    compile: bool = False
+    log_every: int | None = None
+    val_every: int | None = None
+    ckpt_every: int | None = None
+    keep_checkpoints: int = 2
+    val_shards: str | None = None
+    val_batches: int = 50
+    seed: int = 0
+    resume: bool = False
+    stop_after: int | None = None             # leave after this step (time-limited jobs); resume later
+    num_workers: int | None = None            # None: 0 on CPU, 4 on GPU
+    max_utterance_seconds: float = 30.0
+    max_span_seconds: float | None = 10.0
+    bucket_buffer: int = 50
+    shuffle_buffer: int = 250
+    simulate: str | None = None
+    noise: str | None = None
+    music: str | None = None
+    stems: str | None = None
+    simulate_source: str | None = None
+    transform: Any = None                     # a ready-made stream transform (tests, custom hooks)
+    init: str | None = None                   # our / HF / fairseq checkpoint to start from
+    tensorboard: bool = False
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    quiet: bool = False
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers (everything the loop needs but should not be distracted by)
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    ddp: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    """DDP when launched by torchrun, single process otherwise."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        device, backend = torch.device("cuda", local), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return Dist(rank, world, local, device, True)
+
+
+def all_reduce_sum(values: list[float], dist: Dist) -> list[float]:
+    if not dist.ddp:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def resolve_settings(args: PretrainArgs) -> tuple[Wav2Vec2Config, dict[str, Any]]:
+    """Merge the named config's ``train`` section with the command-line overrides."""
+    data = load_config_file(args.config)
+    model_cfg = dict(data["model"], **args.model_overrides)
+    t = dict(batch_seconds=150.0, accumulation=1, lr="auto", schedule="cyclic", weight_decay=0.01, steps=400_000,
+             log_every=100, val_every=5000, ckpt_every=1000)
+    t.update(data["train"])
+    for key in t:
+        value = getattr(args, key)
+        if value is not None:
+            t[key] = value
+    return Wav2Vec2Config.from_dict(model_cfg), t
+
+
+def flops_per_audio_second(cfg: Wav2Vec2Config, utterance_seconds: float = 12.0) -> float:
+    """Training FLOPs (forward + backward = 3 × forward) per second of 16 kHz audio.
+
+    Counts the conv encoder, projections, positional conv, transformer matmuls and attention for
+    utterances of ``utterance_seconds`` (research note §6.2: ≈45 GFLOP for BASE).
+    """
+    fwd, rate, c_in = 0.0, 16000.0, 1
+    for c, k, s in zip(cfg.conv_channels, cfg.conv_kernels, cfg.conv_strides):
+        rate /= s
+        fwd += 2 * rate * c * c_in * k
+        c_in = c
+    frames, d = rate, cfg.d_model
+    fwd += 2 * frames * c_in * d                                          # feature projection
+    fwd += 2 * frames * d * (d // cfg.pos_conv_groups) * cfg.pos_conv_kernel  # positional conv
+    fwd += cfg.layers * 2 * frames * (4 * d * d + 2 * d * cfg.ffn_dim)     # QKV, out, FFN
+    fwd += cfg.layers * 4 * frames * (frames * utterance_seconds) * d      # scores + weighted sum
+    fwd += 2 * frames * (c_in * cfg.codebooks * cfg.codebook_entries + d * cfg.final_dim)
+    return 3 * fwd
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, device: torch.device):
+    """AdamW (0.9, 0.98), eps 1e-6; decay on matrices/kernels/codebooks, none on biases, norms, mask vector."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
+
+
+def make_transform(args: PretrainArgs):
+    """The online data-quality simulation (``--simulate COND``) or a given transform."""
+    if args.transform is not None:
+        return args.transform
+    if not args.simulate:
+        return None
+    try:
+        from corpus_tools.simulate import Simulator
+    except ImportError as e:  # the simulation module is part of corpus_tools
+        raise RuntimeError(f"--simulate needs corpus_tools.simulate.Simulator, which could not be imported: {e}") from e
+    kwargs = {"noise": args.noise, "music": args.music, "stems": args.stems, "seed": args.seed}
+    if args.simulate_source:
+        kwargs["source"] = args.simulate_source
+    return Simulator(args.simulate, **kwargs)
+
+
+def make_stream(shards: str, batch_seconds: float, args: PretrainArgs, dist: Dist, *, train: bool,
+                start_batch: int = 0, transform=None):
+    from corpus_tools.reader import ShardBatchStream, make_loader
+
+    stream = ShardBatchStream(shards, batch_seconds, seed=args.seed, rank=dist.rank, world_size=dist.world,
+                              infinite=train, shuffle=train, shuffle_buffer=args.shuffle_buffer,
+                              bucket_buffer=args.bucket_buffer, max_utterance_seconds=args.max_utterance_seconds,
+                              max_span_seconds=args.max_span_seconds, transform=transform, start_batch=start_batch)
+    workers = args.num_workers if args.num_workers is not None else (4 if dist.device.type == "cuda" else 0)
+    return make_loader(stream, workers if train else min(workers, 1), pin_memory=dist.device.type == "cuda")
+
+
+class Meter:
+    """Sums per-micro-batch metrics on the device; reduced over ranks only when logged."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.seconds = 0.0
+        self.padded_seconds = 0.0
+
+    def add(self, out: dict[str, torch.Tensor], seconds: float, padded_seconds: float) -> None:
+        for k, v in out.items():
+            v = v.detach().float()
+            if v.dim() == 0:
+                self.sums[k] = self.sums.get(k, 0) + v
+            else:  # per-codebook vectors
+                for g, x in enumerate(v):
+                    self.sums[f"{k}_cb{g}"] = self.sums.get(f"{k}_cb{g}", 0) + x
+        self.count += 1
+        self.seconds += seconds
+        self.padded_seconds += padded_seconds
+
+    def reduce(self, dist: Dist) -> dict[str, float]:
+        keys = sorted(self.sums)
+        vals = all_reduce_sum([float(self.sums[k]) for k in keys] + [self.count, self.seconds, self.padded_seconds],
+                              dist)
+        count, seconds, padded = vals[-3:]
+        out = {k: v / max(count, 1) for k, v in zip(keys, vals)}
+        out["padding_fraction"] = 1 - seconds / padded if padded else 0.0
+        out["_seconds"] = seconds
+        return out
+
+
+def audio_seconds(batch) -> tuple[float, float]:
+    """(unpadded, padded) seconds of audio in a batch."""
+    return float(batch.lengths.sum()) / 16000.0, batch.audio.shape[0] * batch.audio.shape[1] / 16000.0
+
+
+LOG_RENAMES = {"code_perplexity": "ppl", "prob_perplexity": "prob_ppl"}
+
+
+class RunLog:
+    """JSONL log (always) + optional TensorBoard, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = run_dir / "log.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception as e:  # tensorboard is optional
+                print(f"[trainer] TensorBoard disabled ({e}); logging to {self.path} only")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def named_metrics(m: dict[str, float]) -> dict[str, float]:
+    """'code_perplexity_cb0' → 'ppl_cb0' etc.; drops the private '_…' keys."""
+    out = {}
+    for k, v in m.items():
+        if k.startswith("_"):
+            continue
+        for old, new in LOG_RENAMES.items():
+            if k.startswith(old):
+                k = new + k[len(old):]
+        out[k] = v
+    return out
+
+
+@torch.no_grad()
+def validate(model: Wav2Vec2ForPreTraining, loader, dist: Dist, autocast, max_batches: int, seed: int) -> dict[str, float]:
+    """Mean metrics over up to ``max_batches`` batches per rank, with fixed masks/negatives (seeded generator)."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=dist.device).manual_seed(seed)
+    meter = Meter()
+    for i, batch in enumerate(loader):
+        if i >= max_batches:
+            break
+        seconds, padded = audio_seconds(batch)
+        batch = batch.to(dist.device)
+        with autocast:
+            meter.add(model(batch.audio, batch.lengths, generator=gen), seconds, padded)
+    model.train(was_training)
+    return named_metrics(meter.reduce(dist))
+
+
+def save_training_checkpoint(run_dir: Path, model, optimizer, state: dict, cfg: Wav2Vec2Config, schedule: Schedule,
+                             args: PretrainArgs, train: dict, dist: Dist) -> None:
+    """Gather every rank's RNG state, then rank 0 writes ``checkpoints/step_N.pt`` atomically."""
+    rng = [ckpt_lib.rng_state()]
+    if dist.ddp:
+        rng = [None] * dist.world
+        torch.distributed.all_gather_object(rng, ckpt_lib.rng_state())
+    if dist.main:
+        args_dict = {k: v for k, v in dataclasses.asdict(args).items() if k != "transform"}
+        ckpt_lib.atomic_save({
+            "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "step": state["step"], "hours_seen": state["hours_seen"], "best_val": state["best_val"],
+            "schedule": schedule.to_dict(), "args": args_dict, "train": train, "rng": rng,
+            "world_size": dist.world, "data": {"batches_per_rank": state["step"] * train["accumulation"],
+                                               "seed": args.seed},
+        }, ckpt_lib.step_checkpoint_path(run_dir, state["step"]))
+        ckpt_lib.prune_checkpoints(run_dir, args.keep_checkpoints)
+
+
+def say(dist: Dist, args: PretrainArgs, msg: str) -> None:
+    if dist.main and not args.quiet:
+        print(f"[trainer] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def pretrain(args: PretrainArgs) -> dict[str, Any]:
+    """Pre-train; returns step, hours seen, best validation loss, the last train log record and the model."""
+    dist = setup_distributed()
+    torch.manual_seed(args.seed + dist.rank)
+    np.random.seed(args.seed + dist.rank)
+    random.seed(args.seed + dist.rank)
+    if dist.device.type == "cuda":  # the float32 parts (GroupNorm, pos conv, losses) may use TF32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cfg, train = resolve_settings(args)
+    run_dir = Path(args.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    accum, per_gpu = int(train["accumulation"]), float(train["batch_seconds"])
+    global_seconds = dist.world * accum * per_gpu
+    peak_lr = lr_heuristic(global_seconds, args.lr_rule) if str(train["lr"]) == "auto" else float(train["lr"])
+    schedule = Schedule(train["schedule"], peak_lr, int(train["steps"]), args.cycle_steps, args.cycle_steps)
+
+    # Model and optimizer (fresh, initialised from HF/fairseq, or resumed).
+    resume_from = ckpt_lib.latest_checkpoint(run_dir) if args.resume else None
+    if args.init and resume_from is None:
+        from trainer.hf import load_pretrained
+
+        model = load_pretrained(args.init)
+        cfg = model.cfg
+    else:
+        model = Wav2Vec2ForPreTraining(cfg)
+    model.to(dist.device).train()
+    optimizer = make_optimizer(model, peak_lr, float(train["weight_decay"]), dist.device)
+    state = {"step": 0, "hours_seen": 0.0, "best_val": math.inf}
+    ckpt = None
+    if resume_from is not None:
+        ckpt = ckpt_lib.load_checkpoint(resume_from)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        state.update(step=ckpt["step"], hours_seen=ckpt["hours_seen"], best_val=ckpt["best_val"])
+        say(dist, args, f"resumed from {resume_from} at step {state['step']}")
+    raw_model = model
+    if args.compile:
+        model = torch.compile(model)
+    if dist.ddp:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None, broadcast_buffers=False)
+
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and dist.device.type == "cuda")
+    autocast = (torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16) if use_bf16
+                else contextlib.nullcontext())
+    loader = make_stream(args.shards, per_gpu, args, dist, train=True, start_batch=state["step"] * accum,
+                         transform=make_transform(args))
+    batches = iter(loader)  # created before the RNG restore: the DataLoader iterator draws a seed
+    if ckpt is not None:
+        rng = ckpt["rng"]
+        if ckpt.get("world_size") == dist.world and len(rng) == dist.world:
+            ckpt_lib.set_rng_state(rng[dist.rank])
+        else:
+            say(dist, args, f"world size changed ({ckpt.get('world_size')} → {dist.world}): RNG re-seeded")
+    log = RunLog(run_dir, dist.main, args.tensorboard)
+    steps = int(train["steps"])
+    last_step = min(steps, args.stop_after) if args.stop_after else steps
+    flops_per_sec = flops_per_audio_second(cfg)
+    peak = peak_flops(dist.device)
+    say(dist, args, f"{cfg.name}: {count_parameters(raw_model) / 1e6:.1f} M parameters on {dist.device} "
+        f"({'bf16' if use_bf16 else 'fp32'}); global batch = {dist.world} GPU(s) × {accum} accumulation × "
+        f"{per_gpu:g} s = {global_seconds:g} s of audio; peak LR {peak_lr:.3g} ({schedule.name}); "
+        f"steps {state['step']} → {last_step}")
+
+    meter, grad_norms, t_log, rec = Meter(), [], time.time(), {}
+    while state["step"] < last_step:
+        step = state["step"]
+        lr = schedule(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        raw_model.set_step(step)
+        for micro in range(accum):
+            batch = next(batches)
+            seconds, padded = audio_seconds(batch)  # on the host, before the copy (no device sync)
+            batch = batch.to(dist.device, non_blocking=True)
+            sync = contextlib.nullcontext() if (not dist.ddp or micro == accum - 1) else model.no_sync()
+            with sync:
+                with autocast:
+                    out = model(batch.audio, batch.lengths)
+                (out["loss"] / accum).backward()
+            meter.add(out, seconds, padded)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.max_grad_norm or math.inf)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        grad_norms.append(grad_norm.detach())
+        state["step"] = step = step + 1
+
+        checkpoint_now = step % int(train["ckpt_every"]) == 0 or step == last_step
+        if step % int(train["log_every"]) == 0 or checkpoint_now:  # a checkpoint needs the hours seen
+            m = meter.reduce(dist)
+            elapsed = time.time() - t_log
+            state["hours_seen"] += m["_seconds"] / 3600
+            rec = {"split": "train", "step": step, **named_metrics(m), "lr": lr,
+                   "grad_norm": float(torch.stack(grad_norms).mean()), "hours_seen": state["hours_seen"],
+                   "audio_seconds_per_second": m["_seconds"] / max(elapsed, 1e-9),
+                   **codebook_similarity(raw_model.quantizer)}
+            if peak:
+                rec["mfu"] = rec["audio_seconds_per_second"] / dist.world * flops_per_sec / peak
+                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(dist.device) / 1e9
+            log.write(rec)
+            say(dist, args, f"step {step}: loss {rec['loss']:.4g} contrastive {rec['contrastive']:.3f} "
+                f"acc {rec['accuracy']:.3f} ppl {rec.get('ppl_cb0', 0):.1f}/{rec.get('ppl_cb1', 0):.1f} "
+                f"τ {rec['temperature']:.3f} lr {lr:.3g} {rec['audio_seconds_per_second']:.0f} s/s "
+                f"{state['hours_seen']:.3f} h seen")
+            meter, grad_norms, t_log = Meter(), [], time.time()
+
+        if args.val_shards and (step % int(train["val_every"]) == 0 or step == last_step):
+            val_loader = make_stream(args.val_shards, per_gpu, args, dist, train=False)
+            # fork_rng: validation (its DataLoader draws a seed) must not move the training RNG.
+            with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+                v = validate(raw_model, val_loader, dist, autocast, args.val_batches, args.seed)
+            v = {"split": "val", "step": step, **v, "hours_seen": state["hours_seen"]}
+            log.write(v)
+            say(dist, args, f"validation at step {step}: loss {v['loss']:.4g} acc {v['accuracy']:.3f}")
+            if v["loss"] < state["best_val"]:
+                state["best_val"] = v["loss"]
+                if dist.main:
+                    ckpt_lib.atomic_save({"config": cfg.to_dict(), "model": raw_model.state_dict(), "step": step,
+                                          "val": v, "hours_seen": state["hours_seen"]},
+                                         run_dir / ckpt_lib.CHECKPOINT_DIR / "best.pt")
+            t_log = time.time()  # validation time is not training throughput
+
+        if checkpoint_now:
+            save_training_checkpoint(run_dir, raw_model, optimizer, state, cfg, schedule, args, train, dist)
+
+    log.close()
+    if dist.ddp:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return {"step": state["step"], "hours_seen": state["hours_seen"], "best_val": state["best_val"],
+            "run_dir": str(run_dir), "last_train": rec, "model": raw_model}
