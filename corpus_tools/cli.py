@@ -34,6 +34,7 @@ COMMAND_MODULES = (
     "models",
     "verify",
     "report",
+    "merge",
 )
 
 

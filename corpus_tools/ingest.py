@@ -222,6 +222,12 @@ def apply_filters(df: pl.DataFrame, genre_filter: GenreFilter | None,
     for r in rows:
         if r["status"] != "ok":
             continue
+        meta_dur, dur = r.get("meta_duration"), r.get("duration")
+        if meta_dur and dur is not None and dur < float(meta_dur) * 0.98 - 1.0:
+            # an mp3 without a Xing header cut mid-stream decodes cleanly; the catalogue
+            # duration is then the only witness of the missing part
+            r.update(status="failed", reason=f"truncated: {dur:.1f} s of audio, metadata says {float(meta_dur):.1f} s")
+            continue
         if genre_filter is not None and "genre" in r:
             why = genre_filter.reason(r.get("genre"))
             if why:
@@ -242,7 +248,8 @@ def apply_filters(df: pl.DataFrame, genre_filter: GenreFilter | None,
                 r.update(status="filtered", reason=f"duplicate of {prev[1]} (same title, summary, date)")
                 continue
             prev = (sig, r["recording_id"])
-    return pl.DataFrame(rows, schema=df.schema)
+    schema = {k: (pl.String if k in ("status", "reason") else v) for k, v in df.schema.items()}
+    return pl.DataFrame(rows, schema=schema)
 
 
 def assign_ids(files: list[Path], meta_rows: list[dict | None]) -> list[str]:

@@ -11,7 +11,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, 
                            TimeRemainingColumn)
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-stdout = Console(highlight=False, width=120)
+# Tables are wide (Table 14 has 11 columns): never squeeze them below 160 columns when
+# the output is a file or pipe (rich would otherwise assume 80 and wrap the headers).
+stdout = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
 
 
 def fail(message: str, code: int = 2) -> "typer.Exit":

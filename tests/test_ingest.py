@@ -80,6 +80,13 @@ def test_duration_filter_and_allow_mode():
     assert gf.reason("Sports") and gf.reason("nightly news late edition") and not gf.reason("quiz")
 
 
+def test_truncation_seen_against_metadata_duration():
+    df = pl.DataFrame({"recording_id": ["a", "b"], "status": ["ok", "ok"], "reason": [None, None],
+                       "duration": [900.0, 1795.0], "meta_duration": [1800.0, 1800.0]})
+    out = ing.apply_filters(df, None)
+    assert out["status"].to_list() == ["failed", "ok"] and "metadata says 1800" in out["reason"][0]
+
+
 def test_ingest_resume_uses_journal(tmp_path, sample_archive, monkeypatch):
     folder = tmp_path / "a"
     folder.mkdir()

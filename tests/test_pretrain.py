@@ -106,7 +106,17 @@ def test_tiny_pretraining_learns_and_logs(shards, tmp_path):
     assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "preprocessor_config.json").exists()
 
 
-def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path):
+@pytest.fixture()
+def one_thread():
+    """Bit-exactness needs single-threaded CPU kernels (multi-threaded reductions may
+    change summation order); other test modules set their own thread counts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path, one_thread):
     common = dict(steps=20, log_every=1, ckpt_every=10, schedule="two_stage", seed=3)
     pretrain(tiny_args(shards, tmp_path / "straight", **common))
     pretrain(tiny_args(shards, tmp_path / "killed", stop_after=10, **common))

@@ -35,7 +35,7 @@ def stats(
              ("phrase_h", "phrase h"), ("short_h", "short h"), ("music_vad_h", "music/VAD h"),
              ("failed_h", "failed h")]
     for _, h in heads:
-        table.add_column(h, justify="left" if h == "method" else "right")
+        table.add_column(h, justify="left" if h == "method" else "right", no_wrap=True)
     for r in df.iter_rows(named=True):
         table.add_row(*[r[k] if k == "method" else str(r[k]) if k == "segments"
                         else f"{r[k]:.2f}" if k in ("discarded_pct", "mean_s", "min_s", "max_s") else f"{r[k]:.3f}"
