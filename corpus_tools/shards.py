@@ -376,12 +376,17 @@ def _write_spec(out_dir: str, spec: ShardSpec, fmt: str, fingerprint: str) -> di
 
 def _write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, sort_keys=True, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    # per-process temp name: parts running at once (SLURM array, Ray tasks) all write plan.json
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, sort_keys=True, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read_marker(out: Path, name: str) -> dict | None:
@@ -423,19 +428,25 @@ def _distribution_frame(specs: list[ShardSpec]) -> pl.DataFrame:
 
 
 def _write_csv_atomic(df: pl.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.write_csv(tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        df.write_csv(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check_out_dir(out: Path, fingerprint: str, prefix: str, overwrite: bool) -> None:
     """Refuse to mix shards of different plans in one directory (unless ``overwrite``)."""
     plan_file = out / STATE_DIR / "plan.json"
+    # list the tars before reading the plan: a concurrent part writes its plan before its
+    # first shard, so a shard seen here always comes with a readable plan
+    existing = sorted(p.name for p in out.glob(f"{prefix}.*.tar"))
     try:
         old = json.loads(plan_file.read_text()).get("fingerprint")
     except (OSError, ValueError):
         old = None
-    existing = sorted(p.name for p in out.glob(f"{prefix}.*.tar"))
     if old == fingerprint:
         return
     if (old is not None or existing) and not overwrite:

@@ -222,8 +222,6 @@ def stem_clips(manifest: str | Path, out_dir: str | Path, *, model: str = DEFAUL
     ``on_clip(clip_id, status)`` is called per clip (``done``/``skipped``/``failed``) for
     progress bars. Returns the stems table (polars DataFrame).
     """
-    from corpus_tools.audio import write_audio
-
     out = Path(out_dir)
     records = out / "records"
     for sub in ("vocals", "instrumental", "records"):
@@ -240,40 +238,57 @@ def stem_clips(manifest: str | Path, out_dir: str | Path, *, model: str = DEFAUL
         device = device or default_device()
         sep = load_separator(model, models_dir, device)
         vad = load_vad()
-        model_name = str(model)
-        for k in range(0, len(todo), max(1, batch_size)):
-            chunk = todo[k:k + max(1, batch_size)]
-            waves, ok = [], []
-            for c in chunk:
-                try:
-                    waves.append(read_clip(c, sep.samplerate, sep.audio_channels))
-                    ok.append(c)
-                except Exception as exc:  # a broken clip is recorded, not fatal
-                    _write_json_atomic(records / f"{safe_name(c.clip_id)}.json", {
-                        "clip_id": c.clip_id, "source_path": c.path, "error": str(exc)[-300:],
-                        "vocal_path": None, "instrumental_path": None,
-                        "vocal_speech_seconds": 0.0, "usable_vocal": False, "duration": None,
-                        "model": model_name})
-                    if on_clip:
-                        on_clip(c.clip_id, "failed")
-            if not ok:
-                continue
-            for c, (vocals, instr) in zip(ok, separate(sep, waves, device, shifts=shifts)):
-                vocals, instr = _resample(vocals, sep.samplerate), _resample(instr, sep.samplerate)
-                name = safe_name(c.clip_id)
-                write_audio(out / "vocals" / f"{name}.wav", vocals)
-                write_audio(out / "instrumental" / f"{name}.wav", instr)
-                speech = vocal_speech_seconds(vocals, vad)
-                _write_json_atomic(records / f"{name}.json", {
-                    "clip_id": c.clip_id, "source_path": c.path, "error": None,
-                    "vocal_path": f"vocals/{name}.wav",
-                    "instrumental_path": f"instrumental/{name}.wav",
-                    "vocal_speech_seconds": round(speech, 3),
-                    "usable_vocal": bool(speech >= min_vocal_seconds),
-                    "duration": round(vocals.size / SAMPLE_RATE, 6), "model": model_name})
-                if on_clip:
-                    on_clip(c.clip_id, "done")
+        for chunk in clip_batches(todo, batch_size):
+            stem_batch(chunk, out, sep, vad, device, model_name=str(model), shifts=shifts,
+                       min_vocal_seconds=min_vocal_seconds, on_clip=on_clip)
     return write_table(out, [c.clip_id for c in clips])
+
+
+def clip_batches(todo: list[Clip], batch_size: int) -> list[list[Clip]]:
+    """The batches ``stem_clips`` separates together (the Ray backend uses the same ones,
+    so every clip is zero padded exactly as in a local run)."""
+    n = max(1, batch_size)
+    return [todo[k:k + n] for k in range(0, len(todo), n)]
+
+
+def stem_batch(chunk: list[Clip], out: Path, sep, vad, device: str, *, model_name: str,
+               shifts: int = 0, min_vocal_seconds: float = DEFAULT_MIN_VOCAL_SECONDS,
+               on_clip: Callable[[str, str], None] | None = None) -> None:
+    """Separate one batch of clips and write their stems and records (the record last)."""
+    from corpus_tools.audio import write_audio
+
+    out = Path(out)
+    records = out / "records"
+    waves, ok = [], []
+    for c in chunk:
+        try:
+            waves.append(read_clip(c, sep.samplerate, sep.audio_channels))
+            ok.append(c)
+        except Exception as exc:  # a broken clip is recorded, not fatal
+            _write_json_atomic(records / f"{safe_name(c.clip_id)}.json", {
+                "clip_id": c.clip_id, "source_path": c.path, "error": str(exc)[-300:],
+                "vocal_path": None, "instrumental_path": None,
+                "vocal_speech_seconds": 0.0, "usable_vocal": False, "duration": None,
+                "model": model_name})
+            if on_clip:
+                on_clip(c.clip_id, "failed")
+    if not ok:
+        return
+    for c, (vocals, instr) in zip(ok, separate(sep, waves, device, shifts=shifts)):
+        vocals, instr = _resample(vocals, sep.samplerate), _resample(instr, sep.samplerate)
+        name = safe_name(c.clip_id)
+        write_audio(out / "vocals" / f"{name}.wav", vocals)
+        write_audio(out / "instrumental" / f"{name}.wav", instr)
+        speech = vocal_speech_seconds(vocals, vad)
+        _write_json_atomic(records / f"{name}.json", {
+            "clip_id": c.clip_id, "source_path": c.path, "error": None,
+            "vocal_path": f"vocals/{name}.wav",
+            "instrumental_path": f"instrumental/{name}.wav",
+            "vocal_speech_seconds": round(speech, 3),
+            "usable_vocal": bool(speech >= min_vocal_seconds),
+            "duration": round(vocals.size / SAMPLE_RATE, 6), "model": model_name})
+        if on_clip:
+            on_clip(c.clip_id, "done")
 
 
 STEMS_SCHEMA = {
@@ -305,4 +320,5 @@ def write_table(out_dir: str | Path, clip_ids: list[str] | None = None):
 __all__ = [
     "STEMS_TABLE", "load_separator", "load_vad", "vocal_speech_seconds", "manifest_clips",
     "read_clip", "separate", "stem_clips", "write_table", "safe_name", "default_device",
+    "clip_batches", "stem_batch",
 ]

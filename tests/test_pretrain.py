@@ -106,17 +106,10 @@ def test_tiny_pretraining_learns_and_logs(shards, tmp_path):
     assert (tmp_path / "hf" / "config.json").exists() and (tmp_path / "hf" / "preprocessor_config.json").exists()
 
 
-@pytest.fixture()
-def one_thread():
-    """Bit-exactness needs single-threaded CPU kernels (multi-threaded reductions may
-    change summation order); other test modules set their own thread counts."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path, threads):
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path, one_thread):
+    torch.set_num_threads(threads)
     common = dict(steps=20, log_every=1, ckpt_every=10, schedule="two_stage", seed=3)
     pretrain(tiny_args(shards, tmp_path / "straight", **common))
     pretrain(tiny_args(shards, tmp_path / "killed", stop_after=10, **common))
@@ -129,6 +122,7 @@ def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path, one_thre
             assert a[key] == b[key], (a["step"], key, a[key], b[key])
     ckpt = torch.load(tmp_path / "killed" / "checkpoints" / "step_000000010.pt", weights_only=False)
     assert ckpt["data"]["batches_per_rank"] == 10 and "rng" in ckpt and "optimizer" in ckpt
+    torch.set_num_threads(before)
 
 
 DDP_WORKER = textwrap.dedent("""

@@ -192,3 +192,67 @@ def init_ctc_model(init: str | Path | None, *, config: str | None = None, overri
     model = Wav2Vec2ForCTC(ctc_config(pre.cfg, overrides), final_dropout=final_dropout)
     model.wav2vec2.load_state_dict(pre.wav2vec2.state_dict())
     return model.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face export
+
+
+def hf_ctc_config(model: Wav2Vec2ForCTC):
+    """``transformers.Wav2Vec2Config`` of a CTC model: the backbone mapping of ``trainer.hf`` + the head."""
+    from trainer.hf import to_hf_config
+
+    hf_cfg = to_hf_config(model.cfg)
+    hf_cfg.vocab_size = len(model.vocab)
+    hf_cfg.pad_token_id = BLANK_ID          # HF's CTC blank is the pad token
+    hf_cfg.final_dropout = model.final_dropout
+    hf_cfg.ctc_loss_reduction = "mean"
+    hf_cfg.ctc_zero_infinity = True
+    hf_cfg.mask_time_prob = model.cfg.mask_prob
+    hf_cfg.mask_time_length = model.cfg.mask_length
+    hf_cfg.architectures = ["Wav2Vec2ForCTC"]
+    return hf_cfg
+
+
+def ctc_state_dict_to_hf(model: Wav2Vec2ForCTC) -> dict[str, torch.Tensor]:
+    """Our CTC state dict under HF ``Wav2Vec2ForCTC`` names (backbone via ``trainer.hf.state_dict_to_hf``)."""
+    from trainer.hf import state_dict_to_hf
+
+    backbone = {k: v for k, v in model.state_dict().items() if k.startswith("wav2vec2.")}
+    out = state_dict_to_hf(backbone, model.cfg)
+    out["lm_head.weight"] = model.lm_head.weight.detach().clone()
+    out["lm_head.bias"] = model.lm_head.bias.detach().clone()
+    return out
+
+
+def export_hf_ctc(ckpt: str | Path | Wav2Vec2ForCTC, out_dir: str | Path) -> Path:
+    """Write a Hugging Face ``Wav2Vec2ForCTC`` + ``Wav2Vec2Processor`` folder.
+
+    The processor is a ``Wav2Vec2CTCTokenizer`` over our vocabulary (``vocab.json``: blank =
+    ``<blank>`` = pad token = id 0, ``|`` word delimiter; the blank doubles as unk token, so the
+    tokenizer has exactly the model's 29 ids) and the same feature extractor as ``trainer export-hf``
+    (raw 16 kHz waveform, no normalisation). Text fed to the tokenizer must be normalised with
+    ``trainer.text.normalize_text`` first.
+    """
+    import json as _json
+
+    from transformers import (Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC as HFCTC,
+                              Wav2Vec2Processor)
+
+    model = ckpt if isinstance(ckpt, Wav2Vec2ForCTC) else load_ctc_model(ckpt)
+    hf_model = HFCTC(hf_ctc_config(model))
+    missing, unexpected = hf_model.load_state_dict(ctc_state_dict_to_hf(model), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"HF export mismatch: missing {missing}, unexpected {unexpected}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hf_model.save_pretrained(out)
+    vocab_path = out / "vocab.json"
+    vocab_path.write_text(_json.dumps({t: i for i, t in enumerate(model.vocab)}, ensure_ascii=False, indent=1))
+    blank = model.vocab[BLANK_ID]
+    tokenizer = Wav2Vec2CTCTokenizer(str(vocab_path), pad_token=blank, unk_token=blank, bos_token=None,
+                                     eos_token=None, word_delimiter_token="|", do_lower_case=False)
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+                                         return_attention_mask=True)
+    Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
+    return out

@@ -103,8 +103,8 @@ class Wav2Vec2Config:
 
 
 def available_configs() -> list[str]:
-    """Names of the bundled configs in ``trainer/configs/``."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Names of the bundled model configs in ``trainer/configs/`` (not the fine-tuning presets)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("finetune_"))
 
 
 def load_config_file(name_or_path: str | Path) -> dict[str, Any]:

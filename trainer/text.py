@@ -11,8 +11,9 @@ the CTC blank. ``normalize_text`` does that for English and Dutch:
    as cardinals ("21" → "twenty one" / "eenentwintig", "1984" → "one thousand nine hundred eighty
    four" / "duizendnegenhonderdvierentachtig"); a decimal separator between digits is read
    ("3,5" → "drie komma vijf", "3.5" → "three point five"); a Dutch "." or English "," followed by
-   exactly three digits is a thousands separator ("1.000" → "duizend"). No ordinals, currencies
-   or years-as-pairs: those are language-specific readings we cannot guess reliably.
+   exactly three digits is a thousands separator ("1.000" → "duizend"); "%" and "&" are read
+   ("procent"/"percent", "en"/"and"). No ordinals, currencies or years-as-pairs: those are
+   language-specific readings we cannot guess reliably.
 3. Lower case; every letter is folded to its closest ASCII letter(s): Unicode NFKD with the
    combining marks dropped (é→e, ë→e, ç→c, ĳ→ij), plus the letters NFKD leaves alone
    (ß→ss, æ→ae, œ→oe, ø→o, ł→l, đ/ð→d, þ→th, ı→i). Letters of other scripts are dropped.
@@ -162,7 +163,12 @@ def spell_number(token: str, language: str) -> str:
     return " ".join(w for w in words if w)
 
 
+_SYMBOLS = {"en": {"%": " percent ", "&": " and "}, "nl": {"%": " procent ", "&": " en "}}
+
+
 def _replace_numbers(text: str, language: str, digits: str) -> str:
+    for symbol, word in _SYMBOLS.get(language, _SYMBOLS["en"]).items():
+        text = text.replace(symbol, word)
     if digits == "drop":
         return re.sub(r"\d+", " ", text)
     return _NUMBER.sub(lambda m: f" {spell_number(m.group(0), language)} ", text)

@@ -33,7 +33,8 @@ def segment(
     beam_size: Annotated[int, typer.Option(help="Beam size for Whisper decoding.")] = 5,
     phrase_list: Annotated[Optional[Path], typer.Option(help="Phrase filter file (default manifests/phrases/<language>.txt).")] = None,
     backend: Annotated[str, typer.Option(help="local | ray.")] = "local",
-    workers: Annotated[int, typer.Option(help="Local worker processes, each holding its own models.")] = 1,
+    workers: Annotated[int, typer.Option(help="Worker processes (local) or actors (ray), each holding its own "
+                                         "models; 0 = one per GPU. Ray uses one actor per GPU when it has GPUs.")] = 1,
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --backend ray.")] = None,
     num_shards: Annotated[int, typer.Option(help="Split recordings into N parts (e.g. a SLURM array).")] = 1,
     shard_index: Annotated[int, typer.Option(help="Which part this process runs (0-based).")] = 0,
@@ -77,7 +78,7 @@ def segment(
         total_audio = sum(r["duration"] for r in mine)
         t_model = 0.0
         if stages and mine:
-            if backend == "ray" or workers > 1:
+            if backend == "ray" or workers != 1:
                 from corpus_tools.scale import run_segment_parallel
 
                 t_model = run_segment_parallel(mine, stages, wd, cfg, backend=backend, workers=workers,
@@ -97,6 +98,11 @@ def segment(
                         if res.get("error"):
                             stdout.print(f"  failed {rec['recording_id']}: {res['error']}")
         if num_shards > 1:
+            from corpus_tools.scale import record_segment_part
+
+            record_segment_part(wd, shard_index, num_shards, methods, cfg,
+                                [r["recording_id"] for r in mine],
+                                str(phrase_list) if phrase_list else None)
             stdout.print(f"part {shard_index}/{num_shards}: stages cached for {len(mine)} recordings; "
                          f"run `corpus merge {workdir}` (or segment without --num-shards) to write manifests")
             return

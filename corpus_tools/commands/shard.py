@@ -47,7 +47,10 @@ def shard(
     fmt: Annotated[str, typer.Option("--format", help="Audio member format: wav or flac (16-bit, 16 kHz mono).")] = "wav",
     seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
     prefix: Annotated[str, typer.Option(help="Shard names are PREFIX.000000.tar, ... (.partial.tar for the last).")] = "shard",
-    workers: Annotated[int, typer.Option(min=1, help="Shards written in parallel (processes).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Shards written in parallel (processes; Ray tasks "
+                                         "with --backend ray, where 1 means one per cluster CPU).")] = 1,
+    backend: Annotated[str, typer.Option(help="local | ray: write the shards as Ray tasks (same bytes).")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --backend ray.")] = None,
     num_shards: Annotated[int, typer.Option(
         "--num-shards", min=1, help="Split the work: this run writes only shards with index % N == I.")] = 1,
     shard_index: Annotated[int, typer.Option("--shard-index", min=0, help="I of --num-shards.")] = 0,
@@ -69,6 +72,8 @@ def shard(
         raise typer.BadParameter(f"use one of {', '.join(STRATEGIES)}", param_hint="--strategy")
     if fmt not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
+    if backend not in ("local", "ray"):
+        raise typer.BadParameter("use local or ray", param_hint="--backend")
     if shard_index >= num_shards:
         raise typer.BadParameter(f"must be below --num-shards ({num_shards})", param_hint="--shard-index")
     max_bytes = parse_size(max_shard_size)
@@ -77,10 +82,22 @@ def shard(
         segments = read_segments(manifest)
         if segments.height == 0:
             raise fail(f"{manifest} holds no segments")
-        index = write_shards(segments, out, samples_per_shard=samples_per_shard,
-                             max_shard_bytes=max_bytes, strategy=strategy, fmt=fmt, seed=seed,
-                             prefix=prefix, workers=workers, progress=progress,
-                             num_shards=num_shards, shard_index=shard_index, overwrite=overwrite)
+        if backend == "ray":
+            if num_shards > 1:
+                raise fail("--backend ray already spreads the shards over the cluster; "
+                           "drop --num-shards/--shard-index")
+            from corpus_tools.scale import write_shards_ray
+
+            index = write_shards_ray(segments, out, address=ray_address,
+                                     workers=workers if workers > 1 else 0, overwrite=overwrite,
+                                     progress=progress, samples_per_shard=samples_per_shard,
+                                     max_shard_bytes=max_bytes, strategy=strategy, fmt=fmt,
+                                     seed=seed, prefix=prefix)
+        else:
+            index = write_shards(segments, out, samples_per_shard=samples_per_shard,
+                                 max_shard_bytes=max_bytes, strategy=strategy, fmt=fmt, seed=seed,
+                                 prefix=prefix, workers=workers, progress=progress,
+                                 num_shards=num_shards, shard_index=shard_index, overwrite=overwrite)
     hours = float(index["hours"].sum()) if index.height else 0.0
     gb = float(index["bytes"].sum()) / 1e9 if index.height else 0.0
     stdout.print(f"{index.height} shards ({int(index['count'].sum()) if index.height else 0} "

@@ -24,6 +24,10 @@ def stem(
                                                      "out of mix-vocal.")] = 0.5,
     shifts: Annotated[int, typer.Option(help="Demucs random shifts (0 = deterministic).")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads for torch (0 = torch default).")] = 0,
+    backend: Annotated[str, typer.Option(help="local | ray: separate the batches on Ray actors "
+                                         "(one per GPU, else --workers CPU actors).")] = "local",
+    workers: Annotated[int, typer.Option(help="CPU actors for --backend ray (0 = one per two CPUs).")] = 0,
+    ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --backend ray.")] = None,
 ) -> None:
     """Separate each music clip into a vocal and an instrumental stem (16 kHz mono wav).
 
@@ -37,6 +41,8 @@ def stem(
     from corpus_tools.stems import default_device, manifest_clips, stem_clips
 
     with user_errors():
+        if backend not in ("local", "ray"):
+            raise fail(f"--backend must be local or ray, not {backend!r}")
         if batch_size <= 0:
             raise fail("--batch-size must be positive")
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
@@ -63,9 +69,18 @@ def stem(
             models = models_dir or (Path(os.environ["CORPUS_MODELS"])
                                     if os.environ.get("CORPUS_MODELS") else None)
             try:
-                df = stem_clips(manifest, output, model=demucs_model, models_dir=models, device=dev,
-                                batch_size=batch_size, min_vocal_seconds=min_vocal_seconds,
-                                shifts=shifts, on_clip=on_clip)
+                if backend == "ray":
+                    from corpus_tools.scale import stem_clips_ray
+
+                    df = stem_clips_ray(manifest, output, model=demucs_model, models_dir=models,
+                                        device=device, batch_size=batch_size,
+                                        min_vocal_seconds=min_vocal_seconds, shifts=shifts,
+                                        address=ray_address, workers=workers, threads=threads,
+                                        on_clip=on_clip)
+                else:
+                    df = stem_clips(manifest, output, model=demucs_model, models_dir=models, device=dev,
+                                    batch_size=batch_size, min_vocal_seconds=min_vocal_seconds,
+                                    shifts=shifts, on_clip=on_clip)
             except RuntimeError as exc:  # model loading problems: one line, no traceback
                 raise fail(str(exc)) from None
     usable = int(df["usable_vocal"].sum()) if df.height else 0

@@ -104,15 +104,23 @@ class StageCache:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written temp file
+        raise
 
 
 def _safe(rid: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", rid)
+    safe = re.sub(r"[^A-Za-z0-9_\-]", "_", rid)
+    if safe != rid:
+        # "Journaal 20:00" and "Journaal 20_00" must not share a cache file or segment ids
+        safe = f"{safe}-{hashlib.sha1(rid.encode()).hexdigest()[:8]}"
+    return safe
 
 
 def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
@@ -132,6 +140,9 @@ def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
     except Exception as exc:
         cache.put("error", rid, {"reason": f"decode failed: {exc}"})
         return {"seconds": 0.0, "computed": [], "error": str(exc)}
+    if len(audio) == 0:  # e.g. a header-only file ingested with --no-verify-decode
+        cache.put("error", rid, {"reason": "decode failed: no audio samples"})
+        return {"seconds": 0.0, "computed": [], "error": "no audio samples"}
     done: list[str] = []
     for stage in missing:
         if stage == "vad":

@@ -1,0 +1,467 @@
+"""`corpus report`: one Markdown or HTML page summing up a work directory and training runs.
+
+Sections, each only when its inputs exist:
+
+1. **Ingest** — files and hours per status, and per reason category for failed/filtered
+   recordings (``recordings.parquet``).
+2. **Segmentation** — the Table 14 table of every method (``corpus_tools.stats.method_stats``),
+   an hours funnel per method (ok audio → phrase filter → short → music/VAD → kept) and the
+   length histograms (``corpus_tools.stats.plot_lengths``).
+3. **Shards** — per shard set given with ``shards``: shards, utterances, hours, size.
+4. **Training runs** — per run directory: kind (pre-training / fine-tuning, told apart by the
+   logged fields), steps, hours of audio seen, last and best values; the curves drawn from
+   ``RUN_DIR/log.jsonl`` and, for several pre-training runs, their contrastive losses against
+   hours of audio seen on one plot; evaluation summaries found in ``RUN_DIR/eval/*/summary.json``.
+
+The trainer's log is read here as plain JSONL (``corpus_tools`` never imports ``trainer``).
+Images are PNG files in ``<report stem>_files/`` next to the report; Markdown links them, HTML
+embeds them as base64 by default (a single file that can be mailed) or links them.
+
+The page is built as a list of blocks (heading, paragraph, table, image) that two small
+renderers turn into Markdown or HTML, so both formats always hold the same content.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import polars as pl
+
+from corpus_tools.manifests import WorkDir, read_recordings
+
+# Fields drawn per run, in this order; a panel is drawn when at least one of its fields was
+# logged. ``*`` matches a codebook index (ppl_cb0, ppl_cb1, ...).
+CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("loss", ("loss", "contrastive")),
+    ("diversity", ("diversity",)),
+    ("masked accuracy", ("accuracy",)),
+    ("error rate", ("wer", "cer")),
+    ("codebook perplexity", ("ppl_cb*",)),
+    ("learning rate", ("lr",)),
+)
+
+
+# -- blocks ------------------------------------------------------------------------------
+
+
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+
+
+@dataclass
+class Table:
+    headers: list[str]
+    rows: list[list[str]]
+    caption: str | None = None
+
+
+@dataclass
+class Image:
+    path: Path
+    caption: str
+
+
+Block = Heading | Para | Table | Image
+
+
+@dataclass
+class Report:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+    images: list[Path] = field(default_factory=list)
+
+    def add(self, *blocks: Block) -> None:
+        for b in blocks:
+            self.blocks.append(b)
+            if isinstance(b, Image):
+                self.images.append(b.path)
+
+
+# -- ingest ------------------------------------------------------------------------------
+
+
+def reason_category(reason: str | None) -> str:
+    """A short class of an ingest reason, for grouping: the text before ':' or '(' and ids.
+
+    ``"genre dropped: sport (matches 'sport')"`` → ``genre dropped``;
+    ``"duplicate of bc000 (same title, summary, date)"`` → ``duplicate``;
+    ``"longer than 3 h (3.20 h)"`` → ``longer than 3 h``.
+    """
+    if not reason:
+        return ""
+    head = re.split(r"[:(]", reason, maxsplit=1)[0].strip()
+    if head.startswith("duplicate of"):
+        return "duplicate"
+    return head or reason.strip()
+
+
+def ingest_table(recordings: pl.DataFrame) -> pl.DataFrame:
+    """Files and hours per (status, reason category); ok first, then by hours."""
+    df = recordings.with_columns(
+        pl.col("duration").fill_null(0.0),
+        pl.col("reason").map_elements(reason_category, return_dtype=pl.String).fill_null("").alias("category"),
+    )
+    out = (df.group_by("status", "category")
+             .agg(pl.len().alias("files"), (pl.col("duration").sum() / 3600).alias("hours"))
+             .with_columns(pl.col("status").replace_strict({"ok": 0, "filtered": 1, "failed": 2}, default=3,
+                                                           return_dtype=pl.Int64).alias("_order"))
+             .sort("_order", "hours", descending=[False, True])
+             .drop("_order"))
+    return out
+
+
+# -- segmentation ------------------------------------------------------------------------
+
+
+def funnel_rows(stats: pl.DataFrame, ok_hours: float) -> list[list[str]]:
+    """Per method: the ok hours given to segmentation and where they went (Σ = ok hours)."""
+    rows = []
+    for r in stats.iter_rows(named=True):
+        rows.append([r["method"], f"{ok_hours:.3f}", f"{r['phrase_h']:.3f}", f"{r['short_h']:.3f}",
+                     f"{r['music_vad_h']:.3f}", f"{r['failed_h']:.3f}", f"{r['hours']:.3f}",
+                     f"{r['discarded_pct']:.2f}"])
+    return rows
+
+
+def table14_rows(stats: pl.DataFrame) -> list[list[str]]:
+    return [[r["method"], f"{r['segments']:,}", f"{r['hours']:.3f}", f"{r['discarded_pct']:.2f}",
+             f"{r['mean_s']:.2f}", f"{r['min_s']:.2f}", f"{r['max_s']:.2f}"] for r in stats.iter_rows(named=True)]
+
+
+# -- shards ------------------------------------------------------------------------------
+
+
+def shard_summary(shard_dir: Path) -> list[str]:
+    """One table row for a shard folder written by `corpus shard` / `corpus simulate`."""
+    index = shard_dir / "shards.parquet"
+    if not index.exists():
+        raise FileNotFoundError(f"{index} not found: is {shard_dir} a `corpus shard -o` folder?")
+    df = pl.read_parquet(index)
+    return [str(shard_dir), str(df.height), f"{int(df['count'].sum()):,}", f"{float(df['hours'].sum()):.3f}",
+            f"{float(df['min_duration'].min()):.2f}–{float(df['max_duration'].max()):.2f}",
+            f"{int(df['bytes'].sum()) / 1e6:.1f}", ", ".join(sorted(set(df["format"].to_list())))]
+
+
+# -- training runs -----------------------------------------------------------------------
+
+
+def read_run_log(run_dir: str | Path) -> list[dict]:
+    """The records of ``RUN_DIR/log.jsonl``, one per (split, step), in step order.
+
+    A run killed after its last checkpoint and resumed logs those steps again: the later
+    record wins. A torn last line of a killed run is skipped.
+    """
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no log.jsonl in {run_dir}: is it a `trainer pretrain/finetune --out` folder?")
+    latest: dict[tuple[str, object], dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                latest[(str(rec.get("split", "train")), rec.get("step"))] = rec
+    return sorted(latest.values(), key=lambda r: (r.get("step") if _is_number(r.get("step")) else -1,
+                                                  r.get("split", "train") != "train"))
+
+
+def run_kind(records: list[dict]) -> str:
+    if any("contrastive" in r for r in records):
+        return "pre-training"
+    if any("wer" in r or "frozen" in r for r in records):
+        return "fine-tuning"
+    return "training"
+
+
+def _field_names(records: list[dict], pattern: str) -> list[str]:
+    if "*" not in pattern:
+        return [pattern] if any(_is_number(r.get(pattern)) for r in records) else []
+    head, tail = pattern.split("*")
+    return sorted({k for r in records for k in r if k.startswith(head) and k.endswith(tail)
+                   and k[len(head):len(k) - len(tail)].isdigit()})
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _series(records: list[dict], key: str, split: str, x: str = "step") -> list[tuple[float, float]]:
+    return [(r[x], r[key]) for r in records
+            if r.get("split", "train") == split and _is_number(r.get(key)) and _is_number(r.get(x))]
+
+
+def run_summary(run_dir: Path, records: list[dict]) -> list[str]:
+    """name, kind, last step, hours seen, last train loss, best validation value."""
+    train = [r for r in records if r.get("split", "train") == "train"]
+    val = [r for r in records if r.get("split") == "val"]
+    kind = run_kind(records)
+    last = train[-1] if train else {}
+    steps = max((r.get("step", 0) for r in records), default=0)
+    hours = max((r.get("hours_seen", 0.0) for r in records if _is_number(r.get("hours_seen"))), default=0.0)
+    best = "–"
+    if kind == "fine-tuning":
+        wers = [r["wer"] for r in val if _is_number(r.get("wer"))]
+        if wers:
+            best = f"WER {100 * min(wers):.2f} %"
+    else:
+        losses = [r["loss"] for r in val if _is_number(r.get("loss"))]
+        if losses:
+            best = f"loss {min(losses):.4g}"
+    last_loss = f"{last['loss']:.4g}" if _is_number(last.get("loss")) else "–"
+    extra = f"contrastive {last['contrastive']:.3f}" if _is_number(last.get("contrastive")) else ""
+    return [run_dir.name, kind, str(steps), f"{hours:.4f}", last_loss + (f" ({extra})" if extra else ""), best]
+
+
+def plot_run_curves(run_dir: Path, records: list[dict], out_png: Path) -> Path | None:
+    """One PNG with a panel per logged field group (train lines, validation dots) against step."""
+    panels = [(title, [k for p in patterns for k in _field_names(records, p)]) for title, patterns in CURVE_PANELS]
+    panels = [(t, keys) for t, keys in panels if keys]
+    if not panels:
+        return None
+    plt = _pyplot()
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.9 * rows), squeeze=False)
+    for ax, (title, keys) in zip(axes.flat, panels):
+        for key in keys:
+            for split, style in (("train", "-"), ("val", "o--")):
+                pts = _series(records, key, split)
+                if pts:
+                    ax.plot(*zip(*pts), style, markersize=3, label=f"{key} ({split})")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        if title == "learning rate":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{run_dir.name} ({run_kind(records)})", fontsize=10)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def plot_hours_seen(runs: list[tuple[Path, list[dict]]], out_png: Path) -> Path | None:
+    """Contrastive loss against hours of audio seen, one line per pre-training run (thesis' x axis)."""
+    curves = [(d.name, _series(recs, "contrastive", "train", x="hours_seen")) for d, recs in runs]
+    curves = [(n, pts) for n, pts in curves if pts]
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for name, pts in curves:
+        ax.plot(*zip(*pts), "-", label=name)
+    ax.set_xlabel("hours of audio seen")
+    ax.set_ylabel("contrastive loss (nats / masked frame)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def eval_rows(run_dir: Path) -> list[list[str]]:
+    """Rows of every ``RUN_DIR/eval/*/summary.json`` written by `trainer evaluate`."""
+    rows = []
+    for path in sorted(run_dir.glob("eval/*/summary.json")):
+        try:
+            entries = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        for e in entries if isinstance(entries, list) else []:
+            rows.append([run_dir.name, str(path.parent.name), str(e.get("set", "")), str(e.get("utterances", "")),
+                         _pct(e.get("greedy_wer")), _pct(e.get("greedy_cer")), _pct(e.get("lm_wer"))])
+    return rows
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.2f}" if _is_number(x) else "–"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- assembling --------------------------------------------------------------------------
+
+
+def build_report(workdir: str | Path, out: str | Path, runs: Sequence[str | Path] = (),
+                 shards: Sequence[str | Path] = (), methods: list[str] | None = None,
+                 embed_images: bool | None = None, title: str | None = None) -> Path:
+    """Write the report to ``out`` (``.md`` or ``.html``) and its PNGs to ``<stem>_files/``.
+
+    ``embed_images`` (HTML only; default True) inlines the PNGs as base64. Raises
+    FileNotFoundError / ValueError for missing inputs or an unknown suffix.
+    """
+    from corpus_tools.stats import method_stats, plot_lengths
+
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    if fmt not in ("md", "html", "htm"):
+        raise ValueError(f"report name must end in .md or .html, got {out.name}")
+    wd = WorkDir(workdir)
+    if not wd.recordings.exists():
+        raise FileNotFoundError(f"{wd.recordings} not found: is {workdir} a work directory (`corpus ingest -o`)?")
+    run_dirs = [Path(r) for r in runs]
+    for r in run_dirs:
+        if not (r / "log.jsonl").exists():
+            raise FileNotFoundError(f"no log.jsonl in {r}: is it a `trainer pretrain/finetune --out` folder?")
+    files = out.parent / f"{out.stem}_files"
+    files.mkdir(parents=True, exist_ok=True)
+    rep = Report(title or f"Corpus report: {wd.root}")
+
+    # 1. ingest
+    recs = read_recordings(wd.recordings)
+    rep.add(Heading("Ingest"))
+    total_h = float(recs["duration"].fill_null(0).sum() or 0.0) / 3600
+    ok_h = float(recs.filter(pl.col("status") == "ok")["duration"].fill_null(0).sum() or 0.0) / 3600
+    rep.add(Para(f"{recs.height} input files, {total_h:.3f} h of audio; {ok_h:.3f} h ok and given to "
+                 f"segmentation. Failed files are unusable media (empty, truncated, not audio, no audio "
+                 f"stream); filtered ones were removed by a metadata rule (genre, > 3 h, duplicate)."))
+    ing = ingest_table(recs)
+    rep.add(Table(["status", "reason", "files", "hours"],
+                  [[r["status"], r["category"] or "–", str(r["files"]), f"{r['hours']:.3f}"]
+                   for r in ing.iter_rows(named=True)], caption="Hours per ingest status and filter"))
+
+    # 2. segmentation
+    present = wd.methods_present()
+    rep.add(Heading("Segmentation"))
+    if not present:
+        rep.add(Para(f"No segmentation yet: run `corpus segment {wd.root} --method ...`."))
+    else:
+        stats = method_stats(wd, methods)
+        rep.add(Table(["method", "segments", "hours kept", "% discarded", "mean s", "min s", "max s"],
+                      table14_rows(stats), caption="Table 14 layout (thesis §6.3.2)"))
+        rep.add(Table(["method", "ok h", "phrase filter h", "short h", "music/VAD h", "failed h", "kept h",
+                       "% discarded"], funnel_rows(stats, ok_h),
+                      caption="Hours dropped per rule: ok h = phrase + short + music/VAD (+ failed) + kept; "
+                              "music/VAD is audio no segment covered"))
+        png = plot_lengths(wd, files / "lengths.png", methods)
+        rep.add(Image(png, "Segment length histograms per method"))
+
+    # 3. shards
+    if shards:
+        rep.add(Heading("Shards"))
+        rep.add(Table(["folder", "shards", "utterances", "hours", "length range s", "MB", "format"],
+                      [shard_summary(Path(s)) for s in shards]))
+
+    # 4. runs
+    if run_dirs:
+        rep.add(Heading("Training runs"))
+        loaded = [(d, read_run_log(d)) for d in run_dirs]
+        rep.add(Table(["run", "kind", "steps", "hours seen", "last train loss", "best validation"],
+                      [run_summary(d, recs_) for d, recs_ in loaded]))
+        for i, (d, records) in enumerate(loaded):
+            png = plot_run_curves(d, records, files / f"run{i}_{_safe(d.name)}.png")
+            if png is not None:
+                rep.add(Image(png, f"Training curves of {d}"))
+        pre = [(d, r) for d, r in loaded if run_kind(r) == "pre-training"]
+        if pre:
+            png = plot_hours_seen(pre, files / "contrastive_vs_hours.png")
+            if png is not None:
+                rep.add(Image(png, "Contrastive loss against hours of audio seen"))
+        ev = [row for d in run_dirs for row in eval_rows(d)]
+        if ev:
+            rep.add(Table(["run", "checkpoint", "set", "utterances", "greedy WER %", "greedy CER %", "LM WER %"],
+                          ev, caption="`trainer evaluate` summaries"))
+
+    text = render_markdown(rep, out.parent) if fmt == "md" else render_html(
+        rep, out.parent, embed=True if embed_images is None else embed_images)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "run"
+
+
+# -- rendering ---------------------------------------------------------------------------
+
+
+def _rel(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def render_markdown(rep: Report, base: Path) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"# {rep.title}", ""]
+    for b in rep.blocks:
+        if isinstance(b, Heading):
+            lines += ["#" * b.level + " " + b.text, ""]
+        elif isinstance(b, Para):
+            lines += [b.text, ""]
+        elif isinstance(b, Table):
+            if b.caption:
+                lines += [f"*{b.caption}*", ""]
+            lines.append("| " + " | ".join(cell(h) for h in b.headers) + " |")
+            lines.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(b.headers))) + "|")
+            lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in b.rows]
+            lines.append("")
+        elif isinstance(b, Image):
+            lines += [f"![{b.caption}]({_rel(b.path, base)})", ""]
+    return "\n".join(lines)
+
+
+HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 8px}
+td{text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}
+caption{caption-side:top;text-align:left;font-style:italic;padding-bottom:4px}
+figure{margin:1em 0}img{max-width:100%}figcaption{font-size:90%;color:#555}"""
+
+
+def render_html(rep: Report, base: Path, embed: bool = True) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
+             f"<title>{e(rep.title)}</title><style>{HTML_STYLE}</style></head><body>", f"<h1>{e(rep.title)}</h1>"]
+    for b in rep.blocks:
+        if isinstance(b, Heading):
+            parts.append(f"<h{b.level}>{e(b.text)}</h{b.level}>")
+        elif isinstance(b, Para):
+            parts.append(f"<p>{e(b.text)}</p>")
+        elif isinstance(b, Table):
+            parts.append("<table>")
+            if b.caption:
+                parts.append(f"<caption>{e(b.caption)}</caption>")
+            parts.append("<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.headers) + "</tr></thead><tbody>")
+            parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in b.rows]
+            parts.append("</tbody></table>")
+        elif isinstance(b, Image):
+            src = ("data:image/png;base64," + base64.b64encode(b.path.read_bytes()).decode("ascii")
+                   if embed else e(_rel(b.path, base)))
+            parts.append(f"<figure><img src=\"{src}\" alt=\"{e(b.caption)}\">"
+                         f"<figcaption>{e(b.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,436 @@
+"""``corpus verify``: check a work directory or a shard directory for consistency.
+
+A work directory is checked on its own (recordings and segments manifests, stage caches,
+leftovers of killed runs) and, with ``shards=``, against a shard directory. A shard
+directory is checked shard by shard: the index's size and sha256 of every tar, every tar
+readable to the end, every utterance a ``.json`` + ``.wav``/``.flac`` pair whose json holds
+every required key and whose audio is 16 kHz mono with the json's frame count, per-shard
+counts, frames and hours equal to the index, keys unique and equal to the
+``_shard_distribution.csv`` plan. Given the segments manifest the shards were written from,
+the utterance ids, counts and hours must equal the manifest's; given recordings, every
+utterance must lie inside its (ok) recording.
+
+Problems are mismatches (the command exits non-zero); warnings are harmless leftovers
+(temp files of killed runs, damaged cache entries that a rerun recomputes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+# keys the shard reader and nanow2v2 both rely on
+REQUIRED_JSON_KEYS = (
+    "id", "sample_id", "key", "num_frames", "sample_rate", "duration", "transcript",
+    "transcription", "speaker", "speaker_id", "recording", "recording_id", "session",
+    "language", "language_tag", "method", "start", "end",
+)
+AUDIO_EXTS = ("wav", "flac")
+TIME_TOLERANCE_S = 0.01  # segments may end this much past the probed recording duration
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Report:
+    """The outcome of a verification: named checks, problems and warnings."""
+
+    target: str
+    checks: list[Check] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    totals: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def check(self, name: str, problems: list[str], detail: str = "") -> bool:
+        """Record one check: passes when ``problems`` is empty (they are kept, prefixed)."""
+        self.checks.append(Check(name, not problems, detail if not problems else
+                                 f"{len(problems)} problem(s): {problems[0]}"))
+        self.problems.extend(f"{name}: {p}" for p in problems)
+        return not problems
+
+    def merge(self, other: "Report") -> None:
+        self.checks.extend(other.checks)
+        self.problems.extend(other.problems)
+        self.warnings.extend(other.warnings)
+        self.totals.update(other.totals)
+
+
+def is_shard_dir(path: Path) -> bool:
+    return (path / "shards.parquet").is_file() or (path / ".state" / "plan.json").is_file()
+
+
+def is_workdir(path: Path) -> bool:
+    return (path / "recordings.parquet").is_file()
+
+
+# -- shards ------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _audio_info(data: bytes) -> tuple[int, int, int]:
+    """(sample_rate, channels, frames) of in-memory wav/flac bytes."""
+    import soundfile as sf
+
+    info = sf.info(io.BytesIO(data))
+    return info.samplerate, info.channels, info.frames
+
+
+def read_shard(path: Path) -> tuple[list[dict], list[str]]:
+    """Read one tar to the end: ``[{key, meta, frames, ext}]`` per utterance and problems."""
+    problems: list[str] = []
+    utts: dict[str, dict] = {}
+    order: list[str] = []
+    try:
+        with tarfile.open(path, mode="r|") as tf:  # streaming: a shard is read once, in order
+            for ti in tf:
+                if not ti.isfile():
+                    problems.append(f"{path.name}: unexpected member {ti.name} (not a file)")
+                    continue
+                base = ti.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                data = tf.extractfile(ti).read()
+                u = utts.get(key)
+                if u is None:
+                    u = utts[key] = {"key": key, "meta": None, "frames": None, "ext": None}
+                    order.append(key)
+                if ext == "json":
+                    if u["meta"] is not None:
+                        problems.append(f"{path.name}: {key}.json occurs twice")
+                    try:
+                        u["meta"] = json.loads(data)
+                    except ValueError:
+                        problems.append(f"{path.name}: {key}.json is not valid JSON")
+                        u["meta"] = {}
+                elif ext in AUDIO_EXTS:
+                    if u["ext"] is not None:
+                        problems.append(f"{path.name}: {key} has two audio members")
+                    u["ext"] = ext
+                    try:
+                        sr, ch, frames = _audio_info(data)
+                    except Exception as exc:
+                        problems.append(f"{path.name}: {key}.{ext} does not decode ({exc})")
+                        continue
+                    if sr != 16000 or ch != 1:
+                        problems.append(f"{path.name}: {key}.{ext} is {sr} Hz × {ch} ch, not 16 kHz mono")
+                    u["frames"] = frames
+                else:
+                    problems.append(f"{path.name}: unexpected member {ti.name}")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        problems.append(f"{path.name}: not a readable tar ({exc})")
+    return [utts[k] for k in order], problems
+
+
+def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = None,
+                     recordings: pl.DataFrame | None = None) -> Report:
+    """Check a ``corpus shard`` output directory (see the module docstring)."""
+    from corpus_tools import shards as sh
+
+    d = Path(shard_dir)
+    rep = Report(str(d))
+    index_path = d / sh.INDEX_NAME
+    plan = None
+    try:
+        plan = json.loads((d / sh.STATE_DIR / "plan.json").read_text())
+    except (OSError, ValueError):
+        pass
+    if not index_path.is_file():
+        done = sum(1 for n in (plan or {}).get("shards", []) if (d / n).is_file())
+        total = len((plan or {}).get("shards", []))
+        rep.check("index", [f"{sh.INDEX_NAME} missing: the directory is incomplete ({done} of "
+                            f"{total} planned shards present); rerun `corpus shard` (or `corpus merge "
+                            f"{d}` once every part has finished)"])
+        return rep
+    try:
+        index = pl.read_parquet(index_path)
+    except Exception as exc:
+        rep.check("index", [f"cannot read {index_path}: {exc}"])
+        return rep
+    missing_cols = [c for c in sh.INDEX_SCHEMA if c not in index.columns]
+    if not rep.check("index", [f"lacks columns {missing_cols}"] if missing_cols else [],
+                     f"{index.height} shards"):
+        return rep
+    if plan is not None:
+        rep.check("plan", [] if index["name"].to_list() == plan.get("shards") else
+                  [f"index lists {index.height} shards, the plan {len(plan.get('shards', []))}"],
+                  "index names = planned shards")
+    present = {p.name for p in d.glob("*.tar")}
+    stray = sorted(present - set(index["name"].to_list()))
+    if stray:
+        rep.warnings.append(f"{len(stray)} tar file(s) not in the index, e.g. {stray[0]}")
+    tmp = sorted(p.name for p in d.glob(".*.tmp")) + sorted(p.name for p in (d / sh.STATE_DIR).glob(".*.tmp"))
+    if tmp:
+        rep.warnings.append(f"{len(tmp)} temp file(s) left by an interrupted run, e.g. {tmp[0]}")
+
+    file_problems, tar_problems, json_problems, count_problems = [], [], [], []
+    all_utts: list[tuple[str, dict]] = []
+    for row in index.iter_rows(named=True):
+        p = d / row["name"]
+        if not p.is_file():
+            file_problems.append(f"{row['name']}: missing")
+            continue
+        if p.stat().st_size != row["bytes"]:
+            file_problems.append(f"{row['name']}: {p.stat().st_size} bytes, index says {row['bytes']}")
+        if _sha256(p) != row["sha256"]:
+            file_problems.append(f"{row['name']}: sha256 differs from the index")
+        utts, probs = read_shard(p)
+        tar_problems.extend(probs)
+        frames = 0
+        seconds = 0.0
+        durs = []
+        for u in utts:
+            meta = u["meta"]
+            if meta is None:
+                json_problems.append(f"{row['name']}: {u['key']} has no .json")
+                continue
+            if u["ext"] is None:
+                json_problems.append(f"{row['name']}: {u['key']} has no audio member")
+            lacking = [k for k in REQUIRED_JSON_KEYS if k not in meta]
+            if lacking:
+                json_problems.append(f"{row['name']}: {u['key']}.json lacks {', '.join(lacking)}")
+            if meta.get("key", u["key"]) != u["key"]:
+                json_problems.append(f"{row['name']}: {u['key']}.json says key {meta.get('key')}")
+            if u["frames"] is not None and meta.get("num_frames") != u["frames"]:
+                json_problems.append(f"{row['name']}: {u['key']} has {u['frames']} frames, its json "
+                                     f"says {meta.get('num_frames')}")
+            n = int(meta.get("num_frames") or 0)
+            frames += n
+            dur = float(meta.get("duration", n / 16000))
+            seconds += dur
+            durs.append(dur)
+            all_utts.append((row["name"], meta))
+        if len(utts) != row["count"]:
+            count_problems.append(f"{row['name']}: {len(utts)} utterances, index says {row['count']}")
+        if frames != row["num_frames"]:
+            count_problems.append(f"{row['name']}: {frames} frames, index says {row['num_frames']}")
+        if not math.isclose(seconds / 3600.0, row["hours"], rel_tol=1e-9, abs_tol=1e-12):
+            count_problems.append(f"{row['name']}: {seconds / 3600:.6f} h, index says {row['hours']:.6f} h")
+    n_utts = len(all_utts)
+    hours = sum(float(m.get("duration") or 0.0) for _, m in all_utts) / 3600.0
+    rep.check("files", file_problems, "every shard present, size and sha256 as indexed")
+    rep.check("tar", tar_problems, "every tar reads to the end; members are json + wav/flac pairs")
+    rep.check("json", json_problems, f"every json has the {len(REQUIRED_JSON_KEYS)} required keys; "
+                                     "audio 16 kHz mono with num_frames frames")
+    rep.check("counts", count_problems, f"{n_utts} utterances, {hours:.4f} h as indexed")
+    dup = sorted(k for k, c in Counter(m.get("key") for _, m in all_utts).items() if c > 1)
+    rep.check("keys", [f"key {k} occurs in several shards" for k in dup[:5]], "keys unique across shards")
+    dist = d / sh.DISTRIBUTION_NAME
+    if dist.is_file():
+        try:
+            plan_df = pl.read_csv(dist)
+            want = sorted(zip(plan_df["key"].cast(pl.String).to_list(), plan_df["shard"].to_list()))
+        except Exception as exc:
+            want, got = None, None
+            rep.check("distribution", [f"cannot read {dist.name}: {exc}"])
+        if want is not None:
+            got = sorted((m.get("key"), name) for name, m in all_utts)
+            rep.check("distribution", [] if want == got else
+                      [f"{dist.name} plans {len(want)} utterances, the shards hold {len(got)} "
+                       f"({len(set(want) - set(got))} missing, {len(set(got) - set(want))} unplanned)"],
+                      f"{dist.name} matches the shards")
+    rep.totals.update(shards=index.height, utterances=n_utts, shard_hours=hours,
+                      shard_bytes=int(index["bytes"].sum()) if index.height else 0)
+    if segments is not None:
+        rep.merge(_shards_vs_segments(all_utts, segments))
+    if recordings is not None:
+        rep.merge(_inside_recordings([m for _, m in all_utts], recordings, "shard segments"))
+    return rep
+
+
+def _shards_vs_segments(all_utts: list[tuple[str, dict]], segments: pl.DataFrame) -> Report:
+    """The shards hold exactly the manifest's segments (ids, times, hours)."""
+    rep = Report("")
+    seg = segments.filter((pl.col("duration") * 16000).round() > 0)  # the writer skips empty ones
+    want = {r["segment_id"]: r for r in seg.select("segment_id", "start", "end", "duration")
+            .iter_rows(named=True)}
+    got = {m.get("id"): m for _, m in all_utts}
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    probs = []
+    if missing:
+        probs.append(f"{len(missing)} manifest segment(s) not in the shards, e.g. {missing[0]}")
+    if extra:
+        probs.append(f"{len(extra)} shard utterance(s) not in the manifest, e.g. {extra[0]}")
+    for sid in sorted(set(want) & set(got)):
+        w, g = want[sid], got[sid]
+        if (abs(float(g.get("start") or 0) - float(w["start"])) > 1e-6
+                or abs(float(g.get("duration") or 0) - float(w["duration"])) > 1e-6):
+            probs.append(f"{sid}: times differ from the manifest")
+            break
+    want_h = float(seg["duration"].sum()) / 3600.0 if seg.height else 0.0
+    got_h = sum(float(m.get("duration") or 0.0) for m in got.values()) / 3600.0
+    if not math.isclose(want_h, got_h, rel_tol=1e-9, abs_tol=1e-9):
+        probs.append(f"manifest holds {want_h:.6f} h, the shards {got_h:.6f} h")
+    rep.check("manifest", probs, f"{len(want)} segments, {want_h:.4f} h = the shards")
+    return rep
+
+
+def _inside_recordings(rows: list[dict], recordings: pl.DataFrame, what: str) -> Report:
+    """Every row (segment_id|id, recording_id, start, end) lies inside its ok recording."""
+    rep = Report("")
+    recs = {r["recording_id"]: r for r in recordings.select("recording_id", "status", "duration")
+            .iter_rows(named=True)}
+    probs = []
+    for r in rows:
+        sid = r.get("segment_id") or r.get("id")
+        rid = r.get("recording_id")
+        rec = recs.get(rid)
+        if rec is None:
+            probs.append(f"{sid}: recording {rid} is not in recordings.parquet")
+            continue
+        if rec["status"] != "ok":
+            probs.append(f"{sid}: recording {rid} has status {rec['status']}")
+            continue
+        start, end = r.get("start"), r.get("end")
+        if start is None or end is None or not (0.0 <= start < end):
+            probs.append(f"{sid}: bad time range {start}–{end}")
+        elif rec["duration"] is not None and end > rec["duration"] + TIME_TOLERANCE_S:
+            probs.append(f"{sid}: ends at {end:.3f} s, after its recording ({rec['duration']:.3f} s)")
+    rep.check(f"inside recordings ({what})", probs, f"{len(rows)} segments inside their recordings")
+    return rep
+
+
+# -- work directories ----------------------------------------------------------------------
+
+
+def verify_workdir(workdir: str | Path, *, methods: list[str] | None = None,
+                   shards: str | Path | None = None) -> Report:
+    """Check a work directory's manifests (and, with ``shards``, a shard directory against
+    the segments of ``methods[0]`` or of the only method present)."""
+    from corpus_tools.manifests import (RECORDINGS_SCHEMA, SEGMENTS_SCHEMA, ManifestError, WorkDir,
+                                        read_manifest, validate)
+
+    wd = WorkDir(workdir)
+    rep = Report(str(wd.root))
+    try:
+        recs = validate(read_manifest(wd.recordings, None, "recordings"), RECORDINGS_SCHEMA, "recordings")
+    except ManifestError as exc:
+        rep.check("recordings", [str(exc)])
+        return rep
+    probs = []
+    if recs["recording_id"].null_count() or not recs["recording_id"].is_unique().all():
+        probs.append("recording_id is null or not unique")
+    bad_status = recs.filter(~pl.col("status").is_in(["ok", "failed", "filtered"]))
+    if bad_status.height:
+        probs.append(f"{bad_status.height} row(s) with an unknown status")
+    no_dur = recs.filter((pl.col("status") == "ok") & (pl.col("duration").is_null() | (pl.col("duration") <= 0)))
+    if no_dur.height:
+        probs.append(f"{no_dur.height} ok recording(s) without a duration")
+    no_reason = recs.filter((pl.col("status") != "ok") & pl.col("reason").is_null())
+    if no_reason.height:
+        probs.append(f"{no_reason.height} failed/filtered recording(s) without a reason")
+    ok = recs.filter(pl.col("status") == "ok")
+    rep.check("recordings", probs, f"{recs.height} rows, {ok.height} ok "
+                                   f"({float(ok['duration'].sum() or 0) / 3600:.3f} h)")
+    rep.totals.update(recordings=recs.height, recordings_ok=ok.height)
+
+    present = wd.methods_present()
+    chosen = methods or present
+    seg_frames: dict[str, pl.DataFrame] = {}
+    for m in chosen:
+        path = wd.segments(m)
+        if not path.is_file():
+            rep.check(f"segments/{m}", [f"{path} missing (present: {', '.join(present) or 'none'})"])
+            continue
+        try:
+            df = validate(read_manifest(path, None, "segments"), SEGMENTS_SCHEMA, "segments")
+        except ManifestError as exc:
+            rep.check(f"segments/{m}", [str(exc)])
+            continue
+        seg_frames[m] = df
+        rep.merge(_check_segments(m, df, recs, wd.segments_dir / f"{m}.drops.json"))
+    rep.merge(_check_caches(wd))
+    if shards is not None:
+        target = methods[0] if methods else (present[0] if len(present) == 1 else None)
+        if target is None:
+            rep.check("shards", [f"{wd.root} holds segments of {', '.join(present) or 'no method'}: "
+                                 f"name the method the shards were written from with --method"])
+        elif target in seg_frames:
+            rep.merge(verify_shard_dir(shards, segments=seg_frames[target], recordings=recs))
+    return rep
+
+
+def _check_segments(method: str, df: pl.DataFrame, recs: pl.DataFrame, drops_path: Path) -> Report:
+    rep = Report("")
+    name = f"segments/{method}"
+    probs = []
+    if df["segment_id"].null_count() or not df["segment_id"].is_unique().all():
+        dup = df.filter(pl.col("segment_id").is_duplicated())["segment_id"].head(1).to_list()
+        probs.append(f"segment_id null or duplicated (e.g. {dup[0] if dup else 'null'})")
+    other = df.filter(pl.col("method") != method)
+    if other.height:
+        probs.append(f"{other.height} row(s) with method {other['method'][0]!r}")
+    bad_dur = df.filter((pl.col("duration") - (pl.col("end") - pl.col("start"))).abs() > 1e-6)
+    if bad_dur.height:
+        probs.append(f"{bad_dur.height} row(s) where duration != end - start")
+    paths = dict(recs.select("recording_id", "path").iter_rows())
+    wrong_path = [r["segment_id"] for r in df.select("segment_id", "recording_id", "path").iter_rows(named=True)
+                  if r["recording_id"] in paths and paths[r["recording_id"]] != r["path"]]
+    if wrong_path:
+        probs.append(f"{len(wrong_path)} row(s) whose path is not their recording's, e.g. {wrong_path[0]}")
+    hours = float(df["duration"].sum()) / 3600.0 if df.height else 0.0
+    if drops_path.is_file():
+        try:
+            kept = json.loads(drops_path.read_text())["kept_seconds"]
+            if not math.isclose(kept / 3600.0, hours, rel_tol=1e-9, abs_tol=1e-9):
+                probs.append(f"{drops_path.name} says {kept / 3600:.6f} h kept, the manifest holds {hours:.6f} h")
+        except (OSError, ValueError, KeyError) as exc:
+            probs.append(f"cannot read {drops_path.name}: {exc}")
+    rep.check(name, probs, f"{df.height} segments, {hours:.4f} h")
+    rep.merge(_inside_recordings(df.select("segment_id", "recording_id", "start", "end").to_dicts(),
+                                 recs, method))
+    rep.totals[f"{method}_segments"] = df.height
+    rep.totals[f"{method}_hours"] = hours
+    return rep
+
+
+def _check_caches(wd) -> Report:
+    """Stage caches: damaged entries and temp files are warnings (a rerun redoes them)."""
+    rep = Report("")
+    root = wd.root / "cache"
+    if not root.is_dir():
+        return rep
+    damaged, tmp, n = [], [], 0
+    for p in root.rglob("*"):
+        if not p.is_file():
+            continue
+        if p.name.startswith(".") and p.name.endswith(".tmp"):
+            tmp.append(p)
+        elif p.suffix == ".json":
+            n += 1
+            try:
+                json.loads(p.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                damaged.append(p)
+    if damaged:
+        rep.warnings.append(f"{len(damaged)} damaged cache entr{'y' if len(damaged) == 1 else 'ies'} "
+                            f"(recomputed on the next run), e.g. {damaged[0].relative_to(wd.root)}")
+    if tmp:
+        rep.warnings.append(f"{len(tmp)} temp file(s) left by an interrupted run, e.g. "
+                            f"{tmp[0].relative_to(wd.root)} (safe to delete)")
+    rep.checks.append(Check("caches", True, f"{n} cache entries readable" if not damaged else
+                            f"{n - len(damaged)} of {n} cache entries readable"))
+    return rep
