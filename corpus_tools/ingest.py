@@ -80,6 +80,7 @@ class ProbeCache:
         self.path = path
         self.done: dict[str, dict] = {}
         if path.exists():
+            self._drop_torn_tail()
             with open(path, encoding="utf-8") as fh:
                 for line in fh:
                     try:
@@ -87,6 +88,17 @@ class ProbeCache:
                     except json.JSONDecodeError:
                         continue  # the torn last line of a killed run
                     self.done[rec["key"]] = rec["row"]
+
+    def _drop_torn_tail(self) -> None:
+        """Cut a last line a killed run left without its newline, so the next append starts
+        on a line of its own instead of gluing onto the torn one."""
+        try:
+            with open(self.path, "rb+") as fh:
+                data = fh.read()
+                if data and not data.endswith(b"\n"):
+                    fh.truncate(data.rfind(b"\n") + 1)
+        except OSError:
+            pass  # read-only work dir: reading still works, the write path reports it
 
     def get(self, path: Path, verify_decode: bool) -> dict | None:
         try:

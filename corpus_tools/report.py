@@ -39,7 +39,8 @@ from corpus_tools.manifests import WorkDir, read_recordings
 # Fields drawn per run, in this order; a panel is drawn when at least one of its fields was
 # logged. ``*`` matches a codebook index (ppl_cb0, ppl_cb1, ...).
 CURVE_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("loss", ("loss", "contrastive")),
+    ("contrastive loss (nats / masked frame)", ("contrastive",)),
+    ("loss as optimised", ("loss",)),
     ("diversity", ("diversity",)),
     ("masked accuracy", ("accuracy",)),
     ("error rate", ("wer", "cer")),

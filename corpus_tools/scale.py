@@ -25,6 +25,7 @@ import json
 import os
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -53,13 +54,15 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     return ray
 
 
-def ray_get(refs):
-    """``ray.get`` that re-raises a task's own exception (a PermissionError stays one),
-    so the CLI prints its usual one-line error instead of Ray's wrapped traceback."""
+@contextmanager
+def ray_errors_unwrapped():
+    """Re-raise a Ray task's own exception (a PermissionError stays one), so the CLI prints
+    its usual one-line error instead of Ray's wrapped traceback; a dead worker becomes one
+    clear error that says finished work is kept."""
     import ray
 
     try:
-        return ray.get(refs)
+        yield
     except ray.exceptions.RayTaskError as exc:
         cause = getattr(exc, "cause", None)
         if isinstance(cause, BaseException):
@@ -68,6 +71,14 @@ def ray_get(refs):
     except ray.exceptions.RayActorError as exc:
         raise ChildProcessError(f"a Ray worker died ({str(exc).splitlines()[0]}); "
                                 "finished work is kept: rerun to resume") from None
+
+
+def ray_get(refs):
+    """``ray.get`` with task errors unwrapped."""
+    import ray
+
+    with ray_errors_unwrapped():
+        return ray.get(refs)
 
 
 def cluster_cpus(ray) -> int:
@@ -182,12 +193,14 @@ def bounded_imap(submit: Callable[[Any], Any], items: list, limit: int) -> Itera
 
 
 def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backend: str = "local",
-                         workers: int = 2, address: str | None = None) -> float:
+                         workers: int = 2, address: str | None = None,
+                         threads: int | None = None) -> float:
     """Fill the stage caches for ``recs`` in parallel; returns summed model seconds.
 
     ``local``: ``workers`` spawned processes (0: one per GPU), each with its models, each
     pinned to one GPU when there are several. ``ray``: one actor per cluster GPU, else
-    ``workers`` CPU actors (0: one per two cluster CPUs). Finished recordings are in the
+    ``workers`` CPU actors (0: one per two cluster CPUs). ``threads``: torch threads per
+    worker (default: the CPUs divided among the workers). Finished recordings are in the
     stage caches whatever happens to the run afterwards.
     """
     cfg_dict = asdict(cfg)
@@ -212,7 +225,7 @@ def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backen
             gpus = cluster_gpus(ray) if cfg.device in ("auto", "cuda") else 0
             cpus = cluster_cpus(ray)
             n = gpus if gpus else (workers if workers > 0 else max(1, cpus // 2))
-            threads = max(1, cpus // n)
+            threads = threads or max(1, cpus // n)
             actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(SegmentWorker)
             actors = [actor_cls.remote(str(wd.root), cfg_dict, threads) for _ in range(n)]
             try:
@@ -242,7 +255,7 @@ def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backen
                 gpu_queue = ctx.Queue()
                 for i in range(n):
                     gpu_queue.put(i % gpus)
-            threads = max(1, (os.cpu_count() or 1) // n)
+            threads = threads or max(1, (os.cpu_count() or 1) // n)
             try:
                 with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init,
                                          initargs=(str(wd.root), cfg_dict, threads, gpu_queue)) as ex:
@@ -260,18 +273,8 @@ def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backen
 
 def ray_get_next(results: Iterator):
     """``next(results)`` of an ActorPool iterator with task errors unwrapped."""
-    import ray
-
-    try:
+    with ray_errors_unwrapped():
         return next(results)
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            raise cause from None
-        raise
-    except ray.exceptions.RayActorError as exc:
-        raise ChildProcessError(f"a Ray worker died ({str(exc).splitlines()[0]}); "
-                                "finished work is kept: rerun to resume") from None
 
 
 # -- segmentation parts (--num-shards / --shard-index) and merging -------------------------

@@ -263,7 +263,9 @@ def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = N
 def _shards_vs_segments(all_utts: list[tuple[str, dict]], segments: pl.DataFrame) -> Report:
     """The shards hold exactly the manifest's segments (ids, times, hours)."""
     rep = Report("")
-    seg = segments.filter((pl.col("duration") * 16000).round() > 0)  # the writer skips empty ones
+    seg = segments.with_columns(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start"))
+                                .alias("duration"))
+    seg = seg.filter((pl.col("duration") * 16000).round() > 0)  # the writer skips empty ones
     want = {r["segment_id"]: r for r in seg.select("segment_id", "start", "end", "duration")
             .iter_rows(named=True)}
     got = {m.get("id"): m for _, m in all_utts}

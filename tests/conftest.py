@@ -33,3 +33,38 @@ def models_dir(tmp_path_factory) -> Path:
     dest = tmp_path_factory.mktemp("models")
     prepare_offline(dest)
     return dest
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread in this process: on a shared 2-core machine more threads only wait
+    for each other (pyannote VAD ran 10-20× slower with two). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_demucs(tmp_path_factory) -> Path:
+    """A random-weight HTDemucs (1.4 M params) saved as Demucs saves models (klass/args/state),
+    so `corpus stem` runs Demucs' real loading and separation code.
+
+    segment=4 s keeps each apply_model chunk short (the default 10 s is ~5× slower on CPU).
+    """
+    import torch
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state
+
+    torch.manual_seed(0)
+    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=16, depth=4,
+                     t_layers=1, nfft=4096, segment=4)
+    args, kwargs = model._init_args_kwargs
+    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs,
+               "state": get_state(model, None, half=False), "training_args": {}}
+    path = tmp_path_factory.mktemp("demucs") / "tiny_htdemucs.th"
+    torch.save(package, path)
+    return path

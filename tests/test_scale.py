@@ -27,6 +27,8 @@ from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir, read_segments
 from corpus_tools.samples import alsa_clips, espeak, music_files, pyannote_sample_dir
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 cli = CliRunner()
 SR = 16_000
 
@@ -168,23 +170,6 @@ def test_ray_ingest_matches_local(mini, ray_local, tmp_path):
     ok(["ingest", mini["arch"], "-o", tmp_path / "w", "--backend", "ray"])
     assert (tmp_path / "w" / "recordings.parquet").read_bytes() == \
         WorkDir(mini["work"]).recordings.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def tiny_demucs(tmp_path_factory) -> Path:
-    """A random-weight HTDemucs (1.4 M params) saved in Demucs' own format."""
-    import torch
-    from demucs.htdemucs import HTDemucs
-    from demucs.states import get_state
-
-    torch.manual_seed(0)
-    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=16, depth=4,
-                     t_layers=1, nfft=4096, segment=4)
-    args, kwargs = model._init_args_kwargs
-    path = tmp_path_factory.mktemp("demucs") / "tiny_htdemucs.th"
-    torch.save({"klass": HTDemucs, "args": args, "kwargs": kwargs,
-                "state": get_state(model, None, half=False), "training_args": {}}, path)
-    return path
 
 
 def music_manifest(root: Path) -> Path:

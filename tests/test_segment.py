@@ -157,3 +157,28 @@ def test_segment_failed_decode_is_counted(tmp_path, sample_archive):
     assert "decode failed" in res["error"]
     df, drops = runner.assemble("sad", [rec], cache, set(), "nl")
     assert df.height == 0 and drops["failed_seconds"] == pytest.approx(rec["duration"])
+
+
+def test_whisper_transcript_does_not_depend_on_what_was_decoded_before(segmented, models_dir, monkeypatch):
+    """Temperature fallback samples; CTranslate2's sampler lives in the model's worker threads
+    and a seed does not reset it, so the model is renewed after a recording that sampled.
+    Reversed speech fails Whisper's checks in every window, so it is decoded by sampling;
+    decoding it again in the same process must give what a fresh process gives."""
+    import numpy as np
+
+    from corpus_tools.audio import load_audio
+    from corpus_tools.segment.backends import ModelSet, run_whisper
+
+    work, _, _ = segmented
+    path = pl.read_parquet(WorkDir(work).recordings)["path"][0]
+    reversed_speech = np.ascontiguousarray(load_audio(path)[: 30 * 16000][::-1])
+    renewals = []
+    monkeypatch.setattr(ModelSet, "renew_whisper_sampler",
+                        lambda self, _renew=ModelSet.renew_whisper_sampler: (renewals.append(1), _renew(self)))
+    cfg = SegmentConfig(whisper_model="base", beam_size=1, device="cpu", models_dir=str(models_dir))
+    fresh = run_whisper(ModelSet(cfg), reversed_speech)
+    assert renewals, "the clip did not make Whisper fall back to sampling: the test shows nothing"
+    warm = ModelSet(cfg)
+    first = run_whisper(warm, reversed_speech)
+    again = run_whisper(warm, reversed_speech)
+    assert fresh == first == again

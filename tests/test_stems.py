@@ -18,27 +18,6 @@ PYANNOTE_SAMPLE = (Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/s
 MUSIC = sorted(Path("/usr/share/games/asc/music").glob("*.mp3"))
 
 
-@pytest.fixture(scope="module")
-def tiny_demucs(tmp_path_factory) -> Path:
-    """A random-weight HTDemucs (1.4 M params) saved as Demucs saves models (klass/args/state).
-
-    segment=4 s keeps each apply_model chunk short (the default 10 s is ~5× slower on CPU).
-    """
-    import torch
-    from demucs.htdemucs import HTDemucs
-    from demucs.states import get_state
-
-    torch.manual_seed(0)
-    model = HTDemucs(sources=["drums", "bass", "other", "vocals"], channels=16, depth=4,
-                     t_layers=1, nfft=4096, segment=4)
-    args, kwargs = model._init_args_kwargs
-    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs,
-               "state": get_state(model, None, half=False), "training_args": {}}
-    path = tmp_path_factory.mktemp("models") / "tiny_htdemucs.th"
-    torch.save(package, path)
-    return path
-
-
 def music_manifest(root: Path, clips: list[tuple[str, str, float | None, float | None]]) -> Path:
     rows = [dict(segment_id=c, recording_id=c, path=p, start=s, end=e,
                  duration=None if e is None else e - (s or 0.0), genre="Test")

@@ -31,6 +31,10 @@ def segment(
     compute_type: Annotated[str, typer.Option(help="CTranslate2 compute type: default (float16 on GPU, int8 on CPU), "
                                               "float16, int8, float32.")] = "default",
     beam_size: Annotated[int, typer.Option(help="Beam size for Whisper decoding.")] = 5,
+    word_timestamps: Annotated[bool, typer.Option(help="w-*: cut at the first and last word's time from "
+                                                  "Whisper's word alignment (default), not at its timestamp "
+                                                  "tokens, which often start a segment inside music or "
+                                                  "silence.")] = True,
     phrase_list: Annotated[Optional[Path], typer.Option(help="Phrase filter file (default manifests/phrases/<language>.txt).")] = None,
     backend: Annotated[str, typer.Option(help="local | ray.")] = "local",
     workers: Annotated[int, typer.Option(help="Worker processes (local) or actors (ray), each holding its own "
@@ -69,7 +73,7 @@ def segment(
         cfg = SegmentConfig(
             whisper_model=whisper_model, asr_backend=asr_backend, language=language, align_model=align_model,
             diarize_model=diarize_model, vad_model=vad_model, device=device, compute_type=compute_type,
-            batch_size=batch_size, beam_size=beam_size,
+            batch_size=batch_size, beam_size=beam_size, word_timestamps=word_timestamps,
             models_dir=str(models_dir) if models_dir else os.environ.get("CORPUS_MODELS"))
         recs = runner.ok_recordings(wd)
         mine = [r for i, r in enumerate(recs) if i % num_shards == shard_index]

@@ -39,6 +39,9 @@ class SegmentConfig:
     compute_type: str = "default"
     batch_size: int = 16
     beam_size: int = 5
+    # w-*: segment start/end from Whisper's word alignment (cross-attention DTW) instead of
+    # its timestamp tokens, which often open a segment at the start of a window of music.
+    word_timestamps: bool = True
     models_dir: str | None = None
 
     def resolved_device(self) -> str:
@@ -62,7 +65,7 @@ class SegmentConfig:
             return {"vad_model": self.vad_model}
         if stage == "whisper":
             return {**base, "whisper_model": self.whisper_model, "backend": self.asr_backend,
-                    "beam_size": self.beam_size}
+                    "beam_size": self.beam_size, "word_timestamps": self.word_timestamps}
         if stage == "wx-asr":
             return {**base, "whisper_model": self.whisper_model, "vad_model": self.vad_model,
                     "beam_size": self.beam_size}
@@ -110,7 +113,21 @@ class ModelSet:
                                 compute_type=c.resolved_compute_type(),
                                 cpu_threads=max(1, torch.get_num_threads()))
 
+        self._fw_loader = load
         return self._get("fw", load)
+
+    def renew_whisper_sampler(self) -> None:
+        """Give the CTranslate2 Whisper fresh worker threads, so its sampler starts again from
+        the seed. CTranslate2 keeps one random generator per thread, seeded on first use and
+        never reset by ``set_random_seed``; after a recording whose windows fell back to
+        sampling, the next recording would otherwise depend on this one. Reloading costs a
+        model load, paid only after such recordings."""
+        fw = self._cache.get("fw")
+        if fw is None:
+            return
+        seed_decoding()
+        fw.model = None  # free the old weights (and its threads) before loading new ones
+        fw.model = self._fw_loader().model
 
     def openai_whisper(self):
         c = self.cfg
@@ -170,19 +187,48 @@ def run_vad(models: ModelSet, audio: np.ndarray) -> dict:
     return {"regions": [[round(s.start, 3), round(s.end, 3)] for s in ann.get_timeline()]}
 
 
+DECODING_SEED = 0
+
+
+def seed_decoding() -> None:
+    """Reset the samplers Whisper's temperature fallback draws from.
+
+    When a window fails the compression-ratio / log-prob checks, Whisper re-decodes it by
+    sampling at a higher temperature. Without a reset the result depends on what the process
+    decoded before, so a resumed or parallel run would differ from a plain one. Seeding per
+    recording makes each recording's transcript a function of its audio alone.
+    """
+    import torch
+
+    torch.manual_seed(DECODING_SEED)
+    try:
+        import ctranslate2
+
+        ctranslate2.set_random_seed(DECODING_SEED)
+    except (ImportError, AttributeError):
+        pass
+
+
 def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
     """Sequential long-form Whisper with timestamps: the `w-raw` segments."""
     c = models.cfg
     segs = []
+    seed_decoding()
     if c.asr_backend == "faster-whisper":
         model = models.faster_whisper()
-        it, _info = model.transcribe(audio, language=c.language, beam_size=c.beam_size, vad_filter=False)
+        it, _info = model.transcribe(audio, language=c.language, beam_size=c.beam_size, vad_filter=False,
+                                         word_timestamps=c.word_timestamps)
+        sampled = False
         for s in it:
             segs.append({"start": round(float(s.start), 3), "end": round(float(s.end), 3), "text": s.text.strip()})
+            sampled = sampled or bool(s.temperature)
+        if sampled:
+            models.renew_whisper_sampler()
     elif c.asr_backend == "openai-whisper":
         model = models.openai_whisper()
         res = model.transcribe(audio, language=c.language, beam_size=c.beam_size if c.beam_size > 1 else None,
-                               fp16=c.resolved_device() == "cuda", verbose=None)
+                               fp16=c.resolved_device() == "cuda", verbose=None,
+                               word_timestamps=c.word_timestamps)
         for s in res["segments"]:
             segs.append({"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3),
                          "text": s["text"].strip()})
@@ -194,6 +240,7 @@ def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
 def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
     """WhisperX stage 1: VAD cut & merge toward 30 s, chunks transcribed in batches."""
     c = models.cfg
+    seed_decoding()
     res = models.whisperx_pipeline().transcribe(audio, batch_size=c.batch_size, language=c.language)
     segs = [{"start": float(s["start"]), "end": float(s["end"]), "text": s["text"].strip()} for s in res["segments"]]
     return {"segments": segs, "language": res.get("language", c.language)}

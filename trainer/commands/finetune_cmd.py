@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from trainer.commands import common
+
 FINETUNE_HELP = """CTC fine-tuning of a pre-trained wav2vec 2.0 model (thesis §5.2.4, SPEC §6).
 
 Letter vocabulary (index order): <blank> | ' a-z. Transcripts (the shards' `transcript`) are
@@ -38,23 +40,6 @@ folder, or NAME=PATH). Writes OUT/hypotheses.jsonl and OUT/summary.{md,csv,json}
 
   trainer evaluate --ckpt runs/ft10h --shards ls/test-clean --shards ls/test-other --lm 4-gram.arpa
 """
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(2)
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}", param_hint="--set")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def _check_shards(value: str, hint: str) -> None:
@@ -95,19 +80,19 @@ def register(app: typer.Typer) -> None:
         language: Optional[str] = typer.Option(None, help="Normalise transcripts as en or nl (default: each "
                                                           "utterance's language field, else en)."),
         digits: str = typer.Option("spell", help="Numbers in transcripts: spell (out in words) or drop."),
-        max_grad_norm: float = typer.Option(0.0, help="Clip the gradient norm (0 = no clipping)."),
-        precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32."),
-        log_every: Optional[int] = typer.Option(None, help="Log training metrics every N steps."),
+        max_grad_norm: float = common.MAX_GRAD_NORM,
+        precision: str = common.PRECISION,
+        log_every: Optional[int] = common.LOG_EVERY,
         val_every: Optional[int] = typer.Option(None, help="Validate every N steps."),
-        ckpt_every: Optional[int] = typer.Option(None, help="Write a checkpoint every N steps."),
+        ckpt_every: Optional[int] = common.CKPT_EVERY,
         val_batches: Optional[int] = typer.Option(None, help="Validation batches per GPU (default all)."),
-        keep_checkpoints: int = typer.Option(2, help="Step checkpoints to keep (best.pt is kept apart)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
-        stop_after: Optional[int] = typer.Option(None, help="Stop after this step (resume later with --resume)."),
-        num_workers: Optional[int] = typer.Option(None, help="DataLoader workers per GPU (default 0 on CPU, 4 on GPU)."),
-        tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
-        set_: list[str] = typer.Option([], "--set", help="Model config override KEY=VALUE (repeatable)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress lines on stdout."),
+        keep_checkpoints: int = common.KEEP_CHECKPOINTS,
+        resume: bool = common.RESUME,
+        stop_after: Optional[int] = common.STOP_AFTER,
+        num_workers: Optional[int] = common.NUM_WORKERS,
+        tensorboard: bool = common.TENSORBOARD,
+        set_: list[str] = common.MODEL_OVERRIDES,
+        quiet: bool = common.QUIET,
     ) -> None:
         from trainer.finetune import MANIFEST_SUFFIXES, FinetuneArgs, finetune, load_preset
 
@@ -141,13 +126,13 @@ def register(app: typer.Typer) -> None:
             dropout=dropout, final_dropout=final_dropout, language=language, digits=digits, seed=seed,
             max_grad_norm=max_grad_norm, precision=precision, log_every=log_every, val_every=val_every,
             ckpt_every=ckpt_every, val_batches=val_batches, keep_checkpoints=keep_checkpoints, resume=resume,
-            stop_after=stop_after, num_workers=num_workers, model_overrides=_parse_overrides(set_),
+            stop_after=stop_after, num_workers=num_workers, model_overrides=common.parse_overrides(set_),
             tensorboard=tensorboard, quiet=quiet,
         )
         try:
             result = finetune(args)
         except (FileNotFoundError, ValueError, RuntimeError) as e:
-            _fail(str(e))
+            common.fail(str(e))
         if not quiet:
             best = result["best_wer"]
             typer.echo(f"done: step {result['step']}, {result['hours_seen']:.3f} h of labelled audio seen"
@@ -200,7 +185,7 @@ def register(app: typer.Typer) -> None:
                             beam_size=beam_size, lm_weight=lm_weight, word_score=word_score, language=language,
                             digits=digits, device=device, progress=not quiet)
         except (FileNotFoundError, ValueError) as e:
-            _fail(str(e))
+            common.fail(str(e))
         typer.echo(summary_markdown(rows), nl=False)
         typer.echo(f"hypotheses: {out / 'hypotheses.jsonl'}; summary: {out / 'summary.md'}")
 
@@ -217,7 +202,7 @@ def register(app: typer.Typer) -> None:
         try:
             path = export_hf_ctc(ckpt, out_dir)
         except (FileNotFoundError, ValueError) as e:
-            _fail(str(e))
+            common.fail(str(e))
         typer.echo(f"wrote {path}")
 
     @app.command("subset", no_args_is_help=True)

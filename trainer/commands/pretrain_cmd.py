@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from trainer.commands import common
+
 PRETRAIN_HELP = """wav2vec 2.0 self-supervised pre-training on WebDataset shards (thesis §5.2, SPEC §5).
 
 Single process by default; for DDP launch with torchrun, e.g.
@@ -20,23 +22,6 @@ Hyper-parameters default to the config's `train:` section (trainer/configs/NAME.
 option below overrides it. Global batch = GPUs × --accumulation × --batch-seconds.
 Logs go to RUN_DIR/log.jsonl, checkpoints to RUN_DIR/checkpoints/ (step_N.pt + best.pt).
 """
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects KEY=VALUE, got {item!r}", param_hint="--set")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(2)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,19 +39,19 @@ def register(app: typer.Typer) -> None:
         schedule: Optional[str] = typer.Option(None, help="cyclic | tri_stage | two_stage | constant."),
         cycle_steps: int = typer.Option(25_000, help="Half-cycle length of the cyclic schedule."),
         weight_decay: Optional[float] = typer.Option(None, help="AdamW weight decay."),
-        max_grad_norm: float = typer.Option(0.0, help="Clip the gradient norm (0 = no clipping)."),
-        precision: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32."),
+        max_grad_norm: float = common.MAX_GRAD_NORM,
+        precision: str = common.PRECISION,
         compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-        log_every: Optional[int] = typer.Option(None, help="Log training metrics every N steps."),
+        log_every: Optional[int] = common.LOG_EVERY,
         val_every: Optional[int] = typer.Option(None, help="Validate every N steps (needs --val-shards)."),
-        ckpt_every: Optional[int] = typer.Option(None, help="Write a checkpoint every N steps."),
-        keep_checkpoints: int = typer.Option(2, help="Step checkpoints to keep (best.pt is kept apart)."),
+        ckpt_every: Optional[int] = common.CKPT_EVERY,
+        keep_checkpoints: int = common.KEEP_CHECKPOINTS,
         val_shards: Optional[str] = typer.Option(None, help="Validation shards (folder, glob or list)."),
         val_batches: int = typer.Option(50, help="Validation batches per GPU."),
         seed: int = typer.Option(0, help="Seed of data order, masking, negatives and init."),
-        resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
-        stop_after: Optional[int] = typer.Option(None, help="Stop after this step (resume later with --resume)."),
-        num_workers: Optional[int] = typer.Option(None, help="DataLoader workers per GPU (default 0 on CPU, 4 on GPU)."),
+        resume: bool = common.RESUME,
+        stop_after: Optional[int] = common.STOP_AFTER,
+        num_workers: Optional[int] = common.NUM_WORKERS,
         max_utterance_seconds: float = typer.Option(30.0, help="Longer utterances are randomly cropped."),
         simulate: Optional[str] = typer.Option(None, help="Online data-quality condition (see `corpus simulate --help`)."),
         noise: Optional[str] = typer.Option(None, help="Noise clip manifest for --simulate."),
@@ -74,9 +59,9 @@ def register(app: typer.Typer) -> None:
         stems: Optional[str] = typer.Option(None, help="`corpus stem` folder for --simulate."),
         simulate_source: Optional[str] = typer.Option(None, help="Speech pool for --simulate partners."),
         init: Optional[str] = typer.Option(None, help="Initialise from our checkpoint, an HF folder or a fairseq .pt."),
-        tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard."),
-        set_: list[str] = typer.Option([], "--set", help="Model config override KEY=VALUE (repeatable)."),
-        quiet: bool = typer.Option(False, "--quiet", help="No progress lines on stdout."),
+        tensorboard: bool = common.TENSORBOARD,
+        set_: list[str] = common.MODEL_OVERRIDES,
+        quiet: bool = common.QUIET,
     ) -> None:
         from trainer.model import load_config_file
         from trainer.schedules import SCHEDULES
@@ -113,7 +98,7 @@ def register(app: typer.Typer) -> None:
             try:
                 from corpus_tools.simulate import parse_condition
             except ImportError as e:
-                _fail(f"--simulate needs corpus_tools.simulate, which could not be imported ({e})")
+                common.fail(f"--simulate needs corpus_tools.simulate, which could not be imported ({e})")
             try:
                 parse_condition(simulate)
             except ValueError as e:
@@ -128,12 +113,12 @@ def register(app: typer.Typer) -> None:
             val_shards=val_shards, val_batches=val_batches, seed=seed, resume=resume, stop_after=stop_after,
             num_workers=num_workers, max_utterance_seconds=max_utterance_seconds, simulate=simulate, noise=noise,
             music=music, stems=stems, simulate_source=simulate_source, init=init, tensorboard=tensorboard,
-            model_overrides=_parse_overrides(set_), quiet=quiet,
+            model_overrides=common.parse_overrides(set_), quiet=quiet,
         )
         try:
             result = pretrain(args)
         except (FileNotFoundError, ValueError) as e:  # bad data or config found once training starts
-            _fail(str(e))
+            common.fail(str(e))
         if not quiet:
             typer.echo(f"done: step {result['step']}, {result['hours_seen']:.3f} h of audio seen, run in {out}")
 
@@ -148,7 +133,7 @@ def register(app: typer.Typer) -> None:
         try:
             paths = plot_run(run_dir, out)
         except FileNotFoundError as e:
-            _fail(str(e))
+            common.fail(str(e))
         for p in paths:
             typer.echo(str(p))
 
@@ -167,5 +152,5 @@ def register(app: typer.Typer) -> None:
         try:
             path = export_hf(ckpt, out_dir, pretraining=not model_only)
         except (FileNotFoundError, ValueError) as e:
-            _fail(str(e))
+            common.fail(str(e))
         typer.echo(f"wrote {path}")
