@@ -125,6 +125,44 @@ def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path, threads)
     torch.set_num_threads(before)
 
 
+def test_sigkilled_run_resumes_to_the_same_log_and_weights(shards, tmp_path):
+    """kill -9 at a seeded random moment after a checkpoint, rerun with --resume: every step is
+    logged once, with the losses of an uninterrupted run, and the final weights are equal."""
+    import random
+    import signal
+    import time
+
+    def cmd(out):
+        return [sys.executable, "-m", "trainer.cli", "pretrain", "--shards", shards["train"], "--out", str(out),
+                "--config", "tiny", "--steps", "16", "--batch-seconds", "8", "--log-every", "1",
+                "--ckpt-every", "4", "--schedule", "two_stage", "--seed", "3", "--num-workers", "0", "--quiet",
+                "--resume"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(cmd(tmp_path / "straight"), check=True, env=env, timeout=600)
+    killed = tmp_path / "killed"
+    rng = random.Random(11)
+    for target in sorted(rng.sample(range(5, 15), 2)):  # train steps logged when the kill lands
+        p = subprocess.Popen(cmd(killed), env=env, start_new_session=True)
+        try:
+            while p.poll() is None and len(read_log(killed) if (killed / "log.jsonl").exists() else []) < target:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.3))
+            assert p.poll() is None, "the run finished before it could be killed"
+            os.killpg(p.pid, signal.SIGKILL)
+        finally:
+            p.wait()
+    subprocess.run(cmd(killed), check=True, env=env, timeout=600)
+    straight, resumed = read_log(tmp_path / "straight"), read_log(killed)
+    assert [r["step"] for r in resumed] == list(range(1, 17))
+    for a, b in zip(straight, resumed):
+        for key in ("loss", "contrastive", "diversity", "accuracy", "temperature", "lr", "hours_seen"):
+            assert a[key] == b[key], (a["step"], key, a[key], b[key])
+    final = [torch.load(d / "checkpoints" / "step_000000016.pt", weights_only=False)["model"]
+             for d in (tmp_path / "straight", killed)]
+    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+
+
 DDP_WORKER = textwrap.dedent("""
     import os, sys, torch
     torch.set_num_threads(1)

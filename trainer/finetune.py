@@ -467,7 +467,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
             ckpt_lib.set_rng_state(rng[dist.rank])
         else:
             say(f"world size changed ({ckpt.get('world_size')} → {dist.world}): RNG re-seeded")
-    log = RunLog(run_dir, dist.main, args.tensorboard)
+    log = RunLog(run_dir, dist.main, args.tensorboard, start_step=state["step"])
     last_step = min(steps, args.stop_after) if args.stop_after else steps
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{model.cfg.name}: {n_params / 1e6:.1f} M parameters on {dist.device} ({'bf16' if use_bf16 else 'fp32'}); "

@@ -262,10 +262,12 @@ LOG_RENAMES = {"code_perplexity": "ppl", "prob_perplexity": "prob_ppl"}
 class RunLog:
     """JSONL log (always) + optional TensorBoard, written by rank 0 only."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
         self.enabled = enabled
         self.path = run_dir / "log.jsonl"
         self.tb = None
+        if enabled:
+            self._keep_until(start_step)
         if enabled and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -273,6 +275,23 @@ class RunLog:
                 self.tb = SummaryWriter(str(run_dir / "tensorboard"))
             except Exception as e:  # tensorboard is optional
                 print(f"[trainer] TensorBoard disabled ({e}); logging to {self.path} only")
+
+    def _keep_until(self, step: int) -> None:
+        """Drop what a previous run logged after ``step`` (the checkpoint this run starts from;
+        0 for a fresh start): a run killed after its last checkpoint logged steps that the
+        resumed run logs again, and the log must hold each step once."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # the torn last line of a killed run
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -403,7 +422,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
             ckpt_lib.set_rng_state(rng[dist.rank])
         else:
             say(dist, args, f"world size changed ({ckpt.get('world_size')} → {dist.world}): RNG re-seeded")
-    log = RunLog(run_dir, dist.main, args.tensorboard)
+    log = RunLog(run_dir, dist.main, args.tensorboard, start_step=state["step"])
     steps = int(train["steps"])
     last_step = min(steps, args.stop_after) if args.stop_after else steps
     flops_per_sec = flops_per_audio_second(cfg)
