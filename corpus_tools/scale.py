@@ -348,7 +348,7 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
         raise MergeError("the parts were run with different model settings; rerun them with the same options")
     part_methods = sorted({m for p in parts for m in p["methods"]}, key=runner.METHODS.index)
     methods = methods or part_methods
-    cfg = SegmentConfig(**parts[0]["settings"])
+    cfg = SegmentConfig(**{"word_timestamps": False, **parts[0]["settings"]})  # parts from before the option
     cache = runner.StageCache(wd, cfg)
     recs = runner.ok_recordings(wd)
     stages = runner.stages_for(methods)

@@ -125,12 +125,23 @@ def test_resume_continues_the_same_losses_bit_for_bit(shards, tmp_path, threads)
     torch.set_num_threads(before)
 
 
+def test_fresh_start_in_a_used_run_dir_is_refused(shards, tmp_path):
+    """Without --resume, a run dir with checkpoints is not overwritten (its log would be lost)."""
+    pretrain(tiny_args(shards, tmp_path / "run", steps=2, ckpt_every=2, log_every=1))
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    with pytest.raises(ValueError, match="--resume"):
+        pretrain(tiny_args(shards, tmp_path / "run", steps=2, ckpt_every=2, log_every=1))
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log
+
+
 def test_sigkilled_run_resumes_to_the_same_log_and_weights(shards, tmp_path):
-    """kill -9 at a seeded random moment after a checkpoint, rerun with --resume: every step is
+    """kill -9 between checkpoints (twice, at seeded points), rerun with --resume: every step is
     logged once, with the losses of an uninterrupted run, and the final weights are equal."""
     import random
     import signal
     import time
+
+    from trainer.checkpoint import list_step_checkpoints
 
     def cmd(out):
         return [sys.executable, "-m", "trainer.cli", "pretrain", "--shards", shards["train"], "--out", str(out),
@@ -138,17 +149,37 @@ def test_sigkilled_run_resumes_to_the_same_log_and_weights(shards, tmp_path):
                 "--ckpt-every", "4", "--schedule", "two_stage", "--seed", "3", "--num-workers", "0", "--quiet",
                 "--resume"]
 
+    def logged(run) -> list[int]:
+        try:
+            lines = (run / "log.jsonl").read_text().split("\n")[:-1]  # complete lines only
+        except FileNotFoundError:
+            return []
+        return [json.loads(x)["step"] for x in lines if '"split": "train"' in x]
+
+    def inode(path):
+        try:
+            return path.stat().st_ino
+        except FileNotFoundError:
+            return None
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(cmd(tmp_path / "straight"), check=True, env=env, timeout=600)
     killed = tmp_path / "killed"
     rng = random.Random(11)
-    for target in sorted(rng.sample(range(5, 15), 2)):  # train steps logged when the kill lands
+    for _ in range(2):
+        before = inode(killed / "log.jsonl")
         p = subprocess.Popen(cmd(killed), env=env, start_new_session=True)
         try:
-            while p.poll() is None and len(read_log(killed) if (killed / "log.jsonl").exists() else []) < target:
-                time.sleep(0.02)
-            time.sleep(rng.uniform(0.0, 0.3))
+            while p.poll() is None and inode(killed / "log.jsonl") == before:  # this run has (re)opened its log
+                time.sleep(0.01)
+            resumed_at = max([s for s, _ in list_step_checkpoints(killed)], default=0)
+            target = resumed_at + rng.randint(2, 3)  # checkpoints every 4 steps: land in between
+            while p.poll() is None and len(logged(killed)) < target:
+                time.sleep(0.01)
+            os.killpg(p.pid, signal.SIGSTOP)
             assert p.poll() is None, "the run finished before it could be killed"
+            last_ckpt = max([s for s, _ in list_step_checkpoints(killed)], default=0)
+            assert max(logged(killed)) > last_ckpt, "killed on a checkpoint: nothing to re-log"
             os.killpg(p.pid, signal.SIGKILL)
         finally:
             p.wait()

@@ -172,13 +172,16 @@ def test_whisper_transcript_does_not_depend_on_what_was_decoded_before(segmented
     work, _, _ = segmented
     path = pl.read_parquet(WorkDir(work).recordings)["path"][0]
     reversed_speech = np.ascontiguousarray(load_audio(path)[: 30 * 16000][::-1])
-    renewals = []
-    monkeypatch.setattr(ModelSet, "renew_whisper_sampler",
-                        lambda self, _renew=ModelSet.renew_whisper_sampler: (renewals.append(1), _renew(self)))
     cfg = SegmentConfig(whisper_model="base", beam_size=1, device="cpu", models_dir=str(models_dir))
     fresh = run_whisper(ModelSet(cfg), reversed_speech)
-    assert renewals, "the clip did not make Whisper fall back to sampling: the test shows nothing"
     warm = ModelSet(cfg)
     first = run_whisper(warm, reversed_speech)
     again = run_whisper(warm, reversed_speech)
     assert fresh == first == again
+
+    # Control: without the renewal the second decode differs, so the check above can fail.
+    monkeypatch.setattr(ModelSet, "renew_whisper_sampler_if_used", lambda self: None)
+    stale = ModelSet(cfg)
+    assert run_whisper(stale, reversed_speech) == fresh
+    assert stale.faster_whisper().sampled, "the clip did not make Whisper sample: the test shows nothing"
+    assert run_whisper(stale, reversed_speech) != fresh

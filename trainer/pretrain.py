@@ -272,7 +272,8 @@ class RunLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+                # purge_step: events a killed run wrote after the checkpoint are dropped
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
             except Exception as e:  # tensorboard is optional
                 print(f"[trainer] TensorBoard disabled ({e}); logging to {self.path} only")
 
@@ -385,6 +386,9 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
     schedule = Schedule(train["schedule"], peak_lr, int(train["steps"]), args.cycle_steps, args.cycle_steps)
 
     # Model and optimizer (fresh, initialised from HF/fairseq, or resumed).
+    if not args.resume and ckpt_lib.list_step_checkpoints(run_dir):
+        raise ValueError(f"{run_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
+                         "or choose another --out")
     resume_from = ckpt_lib.latest_checkpoint(run_dir) if args.resume else None
     if args.init and resume_from is None:
         from trainer.hf import load_pretrained

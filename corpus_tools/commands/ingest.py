@@ -87,7 +87,7 @@ def ingest(
         write_recordings(df, wd.recordings)
 
     summary = ing.summarize(df)
-    table = Table(title=f"ingest: {len(files)} files → {wd.recordings}")
+    table = Table(title=f"ingest: {len(files)} files", title_justify="left")
     for c in ("status", "files", "hours"):
         table.add_column(c, justify="right" if c != "status" else "left")
     for r in summary.iter_rows(named=True):
@@ -102,6 +102,7 @@ def ingest(
         stdout.print(f"  skipped {len(sidecars)} sidecar file(s) (csv, txt, json, ...)")
     if unmatched:
         stdout.print(f"  {unmatched} metadata row(s) matched no file")
+    stdout.print(f"recordings → {wd.recordings}", soft_wrap=True)
 
 
 def pl_status_not_ok():

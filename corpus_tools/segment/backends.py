@@ -65,7 +65,9 @@ class SegmentConfig:
             return {"vad_model": self.vad_model}
         if stage == "whisper":
             return {**base, "whisper_model": self.whisper_model, "backend": self.asr_backend,
-                    "beam_size": self.beam_size, "word_timestamps": self.word_timestamps}
+                    "beam_size": self.beam_size,
+                    # only when on: caches made before the option existed are word_timestamps=False
+                    **({"word_timestamps": True} if self.word_timestamps else {})}
         if stage == "wx-asr":
             return {**base, "whisper_model": self.whisper_model, "vad_model": self.vad_model,
                     "beam_size": self.beam_size}
@@ -74,6 +76,30 @@ class SegmentConfig:
         if stage == "wx-diar":
             return {**self.stage_key("wx-align"), "diarize_model": self.diarize_model}
         raise KeyError(stage)
+
+
+_SAMPLING_AWARE_WHISPER = None
+
+
+def _sampling_aware_whisper_class():
+    """WhisperX's WhisperModel that notes when a window fell back to sampling (also windows
+    whose sampled text is then dropped as silence or empty, which no returned segment shows):
+    ``generate_with_fallback`` returns the last temperature it tried."""
+    global _SAMPLING_AWARE_WHISPER
+    if _SAMPLING_AWARE_WHISPER is None:
+        from whisperx.asr import WhisperModel
+
+        class SamplingAwareWhisperModel(WhisperModel):
+            sampled = False
+
+            def generate_with_fallback(self, *args, **kwargs):
+                result = super().generate_with_fallback(*args, **kwargs)
+                if result[2] > 0:
+                    self.sampled = True
+                return result
+
+        _SAMPLING_AWARE_WHISPER = SamplingAwareWhisperModel
+    return _SAMPLING_AWARE_WHISPER
 
 
 def _models():
@@ -106,28 +132,29 @@ class ModelSet:
         model adds batched generation and keeps sequential ``transcribe`` for w-*."""
         def load():
             import torch
-            from whisperx.asr import WhisperModel
 
             c = self.cfg
-            return WhisperModel(self.whisper_ct2_path(), device=c.resolved_device(),
-                                compute_type=c.resolved_compute_type(),
-                                cpu_threads=max(1, torch.get_num_threads()))
+            threads = self._cache.setdefault("fw_threads", max(1, torch.get_num_threads()))
+            return _sampling_aware_whisper_class()(
+                self.whisper_ct2_path(), device=c.resolved_device(), compute_type=c.resolved_compute_type(),
+                cpu_threads=threads)
 
         self._fw_loader = load
         return self._get("fw", load)
 
-    def renew_whisper_sampler(self) -> None:
-        """Give the CTranslate2 Whisper fresh worker threads, so its sampler starts again from
-        the seed. CTranslate2 keeps one random generator per thread, seeded on first use and
-        never reset by ``set_random_seed``; after a recording whose windows fell back to
-        sampling, the next recording would otherwise depend on this one. Reloading costs a
-        model load, paid only after such recordings."""
+    def renew_whisper_sampler_if_used(self) -> None:
+        """Give the CTranslate2 Whisper fresh worker threads if it sampled, so its sampler
+        starts again from the seed. CTranslate2 keeps one random generator per thread, seeded
+        on first use and never reset by ``set_random_seed``; after a recording whose windows
+        fell back to sampling, the next recording would otherwise depend on this one.
+        Reloading costs a model load, paid only after such recordings."""
         fw = self._cache.get("fw")
-        if fw is None:
+        if fw is None or not fw.sampled:
             return
         seed_decoding()
         fw.model = None  # free the old weights (and its threads) before loading new ones
         fw.model = self._fw_loader().model
+        fw.sampled = False
 
     def openai_whisper(self):
         c = self.cfg
@@ -218,12 +245,9 @@ def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
         model = models.faster_whisper()
         it, _info = model.transcribe(audio, language=c.language, beam_size=c.beam_size, vad_filter=False,
                                          word_timestamps=c.word_timestamps)
-        sampled = False
         for s in it:
             segs.append({"start": round(float(s.start), 3), "end": round(float(s.end), 3), "text": s.text.strip()})
-            sampled = sampled or bool(s.temperature)
-        if sampled:
-            models.renew_whisper_sampler()
+        models.renew_whisper_sampler_if_used()
     elif c.asr_backend == "openai-whisper":
         model = models.openai_whisper()
         res = model.transcribe(audio, language=c.language, beam_size=c.beam_size if c.beam_size > 1 else None,
