@@ -213,6 +213,13 @@ def test_recording_broken_after_ingest_is_a_row_not_a_crash(hostile, models_dir,
     assert set(df["recording_id"]) == {"goed"}
     drops = json.loads((WorkDir(work).segments_dir / "sad.drops.json").read_text())
     assert drops["failed_seconds"] > 0
+    # Once the file is repaired, --retry-failed decodes it again (a plain rerun keeps the failure).
+    shutil.copy(src, arch / "later kapot.wav")
+    run(seg_args(work, models_dir))
+    assert set(read_segments(WorkDir(work).segments("sad"))["recording_id"]) == {"goed"}
+    res = run(seg_args(work, models_dir) + ["--retry-failed"])
+    assert res.exit_code == 0, res.output
+    assert len(set(read_segments(WorkDir(work).segments("sad"))["recording_id"])) == 2
 
 
 def test_empty_manifest_is_a_clear_error(hostile, tmp_path):

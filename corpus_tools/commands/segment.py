@@ -42,6 +42,9 @@ def segment(
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --backend ray.")] = None,
     num_shards: Annotated[int, typer.Option(help="Split recordings into N parts (e.g. a SLURM array).")] = 1,
     shard_index: Annotated[int, typer.Option(help="Which part this process runs (0-based).")] = 0,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Decode recordings that failed in an "
+                                               "earlier run again (a failure is remembered otherwise, "
+                                               "so reruns stay cheap).")] = False,
 ) -> None:
     """Segment every ok recording and write WORKDIR/segments/<method>.parquet per method.
 
@@ -79,6 +82,9 @@ def segment(
         mine = [r for i, r in enumerate(recs) if i % num_shards == shard_index]
         stages = runner.stages_for(methods)
         cache = runner.StageCache(wd, cfg)
+        if retry_failed:
+            for r in mine:
+                cache.forget_failure(r["recording_id"])
         total_audio = sum(r["duration"] for r in mine)
         t_model = 0.0
         if stages and mine:

@@ -93,6 +93,10 @@ class StageCache:
         except (json.JSONDecodeError, OSError):
             return None  # never trust a damaged cache entry: recompute it
 
+    def forget_failure(self, rid: str) -> None:
+        """Let a recording whose decode failed be tried again (``--retry-failed``)."""
+        self.path("error", rid).unlink(missing_ok=True)
+
     def put(self, stage: str, rid: str, data: dict) -> None:
         p = self.path(stage, rid)
         p.parent.mkdir(parents=True, exist_ok=True)
