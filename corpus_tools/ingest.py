@@ -80,25 +80,25 @@ class ProbeCache:
         self.path = path
         self.done: dict[str, dict] = {}
         if path.exists():
-            self._drop_torn_tail()
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # the torn last line of a killed run
-                    self.done[rec["key"]] = rec["row"]
+            for line in self._complete_lines().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                self.done[rec["key"]] = rec["row"]
 
-    def _drop_torn_tail(self) -> None:
-        """Cut a last line a killed run left without its newline, so the next append starts
-        on a line of its own instead of gluing onto the torn one."""
-        try:
-            with open(self.path, "rb+") as fh:
-                data = fh.read()
-                if data and not data.endswith(b"\n"):
-                    fh.truncate(data.rfind(b"\n") + 1)
-        except OSError:
-            pass  # read-only work dir: reading still works, the write path reports it
+    def _complete_lines(self) -> str:
+        """The journal up to its last newline. A killed run can leave a torn last line; it is
+        cut from the file, so the next append starts on a line of its own."""
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            try:
+                with open(self.path, "rb+") as fh:
+                    fh.truncate(end)
+            except OSError:
+                pass  # read-only work dir: reading still works, the write path reports it
+        return data[:end].decode("utf-8")
 
     def get(self, path: Path, verify_decode: bool) -> dict | None:
         try:

@@ -59,6 +59,16 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def resume_point(run_dir: str | Path, resume: bool) -> Path | None:
+    """The checkpoint a run starts from: the latest one with ``resume``, else None. A fresh
+    start over an earlier run's checkpoints is refused: it would mix two runs in one folder."""
+    found = list_step_checkpoints(run_dir)
+    if found and not resume:
+        raise ValueError(f"{run_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
+                         "or choose another --out")
+    return found[-1][1] if found else None
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` newest step checkpoints (``best.pt`` is never touched)."""
     if keep <= 0:

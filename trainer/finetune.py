@@ -437,10 +437,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
     peak_lr = float(train["lr"])
     schedule = Schedule("tri_stage", peak_lr, steps)
 
-    if not args.resume and ckpt_lib.list_step_checkpoints(run_dir):
-        raise ValueError(f"{run_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
-                         "or choose another --out")
-    resume_from = ckpt_lib.latest_checkpoint(run_dir) if args.resume else None
+    resume_from = ckpt_lib.resume_point(run_dir, args.resume)
     ckpt = ckpt_lib.load_checkpoint(resume_from) if resume_from is not None else None
     if ckpt is not None:
         from trainer.model import Wav2Vec2Config

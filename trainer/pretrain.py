@@ -386,10 +386,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
     schedule = Schedule(train["schedule"], peak_lr, int(train["steps"]), args.cycle_steps, args.cycle_steps)
 
     # Model and optimizer (fresh, initialised from HF/fairseq, or resumed).
-    if not args.resume and ckpt_lib.list_step_checkpoints(run_dir):
-        raise ValueError(f"{run_dir} holds checkpoints of an earlier run: pass --resume to continue it, "
-                         "or choose another --out")
-    resume_from = ckpt_lib.latest_checkpoint(run_dir) if args.resume else None
+    resume_from = ckpt_lib.resume_point(run_dir, args.resume)
     if args.init and resume_from is None:
         from trainer.hf import load_pretrained
 

@@ -114,6 +114,7 @@ class ModelSet:
 
     cfg: SegmentConfig
     _cache: dict[str, Any] = field(default_factory=dict)
+    _fw_threads: int | None = None
 
     def __post_init__(self):
         _models().prepare_runtime(self.cfg.models_dir)  # NLTK data, pyannote telemetry off
@@ -130,17 +131,17 @@ class ModelSet:
     def faster_whisper(self):
         """One CTranslate2 Whisper for both passes: WhisperX's subclass of faster-whisper's
         model adds batched generation and keeps sequential ``transcribe`` for w-*."""
-        def load():
-            import torch
+        return self._get("fw", self._load_faster_whisper)
 
-            c = self.cfg
-            threads = self._cache.setdefault("fw_threads", max(1, torch.get_num_threads()))
-            return _sampling_aware_whisper_class()(
-                self.whisper_ct2_path(), device=c.resolved_device(), compute_type=c.resolved_compute_type(),
-                cpu_threads=threads)
+    def _load_faster_whisper(self):
+        import torch
 
-        self._fw_loader = load
-        return self._get("fw", load)
+        c = self.cfg
+        if self._fw_threads is None:  # a renewal must not pick up a thread count changed since
+            self._fw_threads = max(1, torch.get_num_threads())
+        return _sampling_aware_whisper_class()(
+            self.whisper_ct2_path(), device=c.resolved_device(), compute_type=c.resolved_compute_type(),
+            cpu_threads=self._fw_threads)
 
     def renew_whisper_sampler_if_used(self) -> None:
         """Give the CTranslate2 Whisper fresh worker threads if it sampled, so its sampler
@@ -153,7 +154,7 @@ class ModelSet:
             return
         seed_decoding()
         fw.model = None  # free the old weights (and its threads) before loading new ones
-        fw.model = self._fw_loader().model
+        fw.model = self._load_faster_whisper().model
         fw.sampled = False
 
     def openai_whisper(self):
@@ -264,7 +265,6 @@ def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
 def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
     """WhisperX stage 1: VAD cut & merge toward 30 s, chunks transcribed in batches."""
     c = models.cfg
-    seed_decoding()
     res = models.whisperx_pipeline().transcribe(audio, batch_size=c.batch_size, language=c.language)
     segs = [{"start": float(s["start"]), "end": float(s["end"]), "text": s["text"].strip()} for s in res["segments"]]
     return {"segments": segs, "language": res.get("language", c.language)}
