@@ -11,6 +11,8 @@ import importlib
 
 import typer
 
+from corpus_tools.clihelp import reflow_help
+
 app = typer.Typer(
     name="corpus",
     help=(
@@ -46,6 +48,7 @@ def _root() -> None:
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"corpus_tools.commands.{_name}").register(app)
+reflow_help(app)
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ import importlib
 
 import typer
 
+from corpus_tools.clihelp import reflow_help
+
 app = typer.Typer(
     name="trainer",
     help=(
@@ -28,6 +30,7 @@ def _root() -> None:
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"trainer.commands.{_name}").register(app)
+reflow_help(app)
 
 
 def main() -> None:

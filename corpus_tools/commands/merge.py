@@ -21,9 +21,14 @@ def merge(
 ) -> None:
     """Combine parts into the output an unsplit run writes (byte for byte).
 
-    Work directory: `corpus segment WORKDIR --num-shards N --shard-index I` fills only the stage caches; once all N parts have finished, this assembles and writes segments/METHOD.parquet with the settings the parts recorded.
+    Work directory: `corpus segment WORKDIR --num-shards N --shard-index I` fills only the
+    stage caches; once all N parts have finished, this assembles and writes
+    segments/METHOD.parquet with the settings the parts recorded.
 
-    Shard directories: parts written into one directory (`corpus shard --num-shards N --shard-index I`) get their shards.parquet index here if the last part did not write it; parts written into separate directories (separate machines) are gathered into --out first (hard links when possible).
+    Shard directories: parts written into one directory (`corpus shard --num-shards N
+    --shard-index I`) get their shards.parquet index here if the last part did not write it;
+    parts written into separate directories (separate machines) are gathered into --out
+    first (hard links when possible).
     """
     from corpus_tools import scale
     from corpus_tools import verify as vf

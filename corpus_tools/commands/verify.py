@@ -24,9 +24,15 @@ def verify(
 ) -> None:
     """Check a work directory or shard directory and report any mismatch (exit 1).
 
-    Shards: every tar's size and sha256 against shards.parquet, every tar readable to the end, every utterance a json + wav/flac pair with all required json keys and 16 kHz mono audio of the json's frame count, counts/frames/hours per shard as indexed, keys unique and as planned in _shard_distribution.csv; with --manifest, the same segment ids, times and hours as the manifest.
+    Shards: every tar's size and sha256 against shards.parquet, every tar readable to the
+    end, every utterance a json + wav/flac pair with all required json keys and 16 kHz mono
+    audio of the json's frame count, counts/frames/hours per shard as indexed, keys unique
+    and as planned in _shard_distribution.csv; with --manifest, the same segment ids, times
+    and hours as the manifest.
 
-    Work directory: recordings and segments manifests valid, segment ids unique, every segment inside its ok recording, hours equal to the drop report, stage caches readable; with --shards, the shard checks against the segments of --method.
+    Work directory: recordings and segments manifests valid, segment ids unique, every
+    segment inside its ok recording, hours equal to the drop report, stage caches readable;
+    with --shards, the shard checks against the segments of --method.
 
     Leftovers of killed runs (temp files) are warnings, not mismatches.
     """
