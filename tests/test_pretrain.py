@@ -257,6 +257,10 @@ def test_cli_help_and_bad_input(shards, tmp_path):
     res = runner.invoke(app, ["pretrain", "--shards", str(tmp_path / "empty"), "--out", str(tmp_path / "x"),
                               "--config", "tiny"])
     assert res.exit_code != 0 and "no *.tar shards" in res.output
+    (tmp_path / "notes.txt").write_text("not a shard\n")
+    res = runner.invoke(app, ["pretrain", "--shards", str(tmp_path / "notes.txt"), "--out", str(tmp_path / "x"),
+                              "--config", "tiny"])
+    assert res.exit_code == 2 and "is not a tar shard" in " ".join(res.output.replace("│", " ").split())
     res = runner.invoke(app, ["pretrain", "--shards", shards["train"], "--out", str(tmp_path / "x"), "--lr", "fast"])
     assert res.exit_code != 0 and "neither a number" in res.output
     res = runner.invoke(app, ["plot", str(tmp_path / "nothing")])

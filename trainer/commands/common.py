@@ -24,6 +24,24 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def check_shards(value: str, hint: str) -> None:
+    """A shards option names at least one tar archive (a folder, glob, file or list of them)."""
+    import tarfile
+
+    from corpus_tools.reader import list_shards
+
+    try:
+        found = list_shards(value)
+    except (FileNotFoundError, ValueError):
+        found = []
+    if not found:
+        raise typer.BadParameter(f"no *.tar shards found in {value}", param_hint=hint)
+    for path in found:
+        if not tarfile.is_tarfile(path):
+            raise typer.BadParameter(f"{path} is not a tar shard (write shards with `corpus shard`)",
+                                     param_hint=hint)
+
+
 MAX_GRAD_NORM = typer.Option(0.0, help="Clip the gradient norm (0 = no clipping).")
 PRECISION = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32.")
 LOG_EVERY = typer.Option(None, help="Log training metrics every N steps.")

@@ -42,17 +42,6 @@ folder, or NAME=PATH). Writes OUT/hypotheses.jsonl and OUT/summary.{md,csv,json}
 """
 
 
-def _check_shards(value: str, hint: str) -> None:
-    from corpus_tools.reader import list_shards
-
-    try:
-        found = list_shards(value)
-    except (FileNotFoundError, ValueError):
-        found = []
-    if not found:
-        raise typer.BadParameter(f"no *.tar shards found in {value}", param_hint=hint)
-
-
 def register(app: typer.Typer) -> None:
     @app.command("finetune", help=FINETUNE_HELP, no_args_is_help=True)
     def finetune_command(
@@ -104,9 +93,9 @@ def register(app: typer.Typer) -> None:
             if not Path(train).is_file():
                 raise typer.BadParameter(f"manifest {train} does not exist", param_hint="--train")
         else:
-            _check_shards(train, "--train")
+            common.check_shards(train, "--train")
         if val is not None:
-            _check_shards(val, "--val")
+            common.check_shards(val, "--val")
         if init is None and config is None:
             raise typer.BadParameter("give the pre-trained model to fine-tune (or --config for a random one)",
                                      param_hint="--init")
@@ -161,7 +150,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{ckpt} does not exist", param_hint="--ckpt")
         for s in shards:
             path = s.split("=", 1)[1] if ("=" in s and not Path(s).exists()) else s
-            _check_shards(path, "--shards")
+            common.check_shards(path, "--shards")
         if lm is not None and not lm.exists():
             raise typer.BadParameter(f"{lm} does not exist", param_hint="--lm")
         if lexicon is not None and not lexicon.exists():
@@ -234,7 +223,7 @@ def register(app: typer.Typer) -> None:
             total = float(sub["duration"].fill_null(0).sum()) / 3600
             typer.echo(f"wrote {out}: {sub.height} of {df.height} segments, {total:.3f} h")
             return
-        _check_shards(src, "SRC")
+        common.check_shards(src, "SRC")
         info = subset_shards(src, out, hours, seed)
         typer.echo(f"wrote {out}: {info['utterances']} utterances, {info['selected_hours']:.3f} h of "
                    f"{info['available_hours']:.3f} h")

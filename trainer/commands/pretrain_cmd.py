@@ -81,17 +81,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter("use auto, bf16 or fp32", param_hint="--precision")
         if lr_rule not in ("sqrt", "linear", "const"):
             raise typer.BadParameter("use sqrt, linear or const", param_hint="--lr-rule")
-        from corpus_tools.reader import list_shards
-
         for value, hint in ((shards, "--shards"), (val_shards, "--val-shards")):
-            if value is None:
-                continue
-            try:
-                found = list_shards(value)
-            except (FileNotFoundError, ValueError):
-                found = []
-            if not found:
-                raise typer.BadParameter(f"no *.tar shards found in {value}", param_hint=hint)
+            if value is not None:
+                common.check_shards(value, hint)
         if init and not Path(init).exists():
             raise typer.BadParameter(f"{init} does not exist", param_hint="--init")
         if simulate:
