@@ -57,7 +57,11 @@ def sample_negatives(utterance_of_frame: torch.Tensor, num_negatives: int,
     draw = (torch.rand(N, num_negatives, device=device, generator=generator) * others[:, None]).long()
     draw = torch.minimum(draw, others[:, None] - 1)
     draw = draw + (draw >= position[:, None]).long()
-    return start[:, None] + draw, size >= 2
+    usable = size >= 2
+    # A frame alone in its utterance has no other frame: point it at itself (in range, and
+    # left out of the loss through ``usable``) instead of one past its block.
+    draw = draw.masked_fill(~usable[:, None], 0)
+    return start[:, None] + draw, usable
 
 
 def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
