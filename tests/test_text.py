@@ -35,7 +35,7 @@ def test_vocabulary_order():
     ("'s-Hertogenbosch", "'s hertogenbosch"),
     ("Hij zei: ' hallo '", "hij zei hallo"),
     # Hyphens and all other punctuation become spaces.
-    ("Noord-Holland, e-mail; ‘vrij-uit’ (soms) — «ja»?!", "noord holland e mail 'vrij uit' soms ja"),
+    ("Noord-Holland, e-mail; ‘vrij-uit’ (soms) — «ja»?!", "noord holland e mail vrij uit soms ja"),
     ("co-operate; well...ok", "co operate well ok"),
     ("  veel    spaties\tand\nlines ", "veel spaties and lines"),
 ])
@@ -44,8 +44,47 @@ def test_normalize_dutch_and_english(raw, expected):
 
 
 def test_english_apostrophes_and_case():
-    assert normalize_text("DON'T you know the boys' toys?", "en") == "don't you know the boys' toys"
-    assert normalize_text("rock ’n’ roll", "en") == "rock 'n' roll"
+    # A trailing apostrophe (plural possessive) is dropped: "boys'" is spoken "boys".
+    assert normalize_text("DON'T you know the boys' toys?", "en") == "don't you know the boys toys"
+    assert normalize_text("rock ’n’ roll", "en") == "rock 'n roll"
+
+
+@pytest.mark.parametrize("raw, lang, expected", [
+    # Quotation marks become spaces, single or double, straight or typographic.
+    ("Hij zei 'hallo' tegen mij", "nl", "hij zei hallo tegen mij"),
+    ("‘Titanic’ draait weer", "nl", "titanic draait weer"),
+    ('"ja", zei ze', "nl", "ja zei ze"),
+    ("“Nee” en „toch” en ‚wel‘", "nl", "nee en toch en wel"),
+    ("''dubbel''", "nl", "dubbel"),
+    # ... while apostrophes inside words stay,
+    ("'Zo'n auto's!'", "nl", "zo'n auto's"),
+    ("‘m’n fiets’", "nl", "m'n fiets"),
+    # ... and so do the leading clitics of the language,
+    ("'s Avonds is 't stil", "nl", "'s avonds is 't stil"),
+    ("'n boek, 'k weet 't", "nl", "'n boek 'k weet 't"),
+    ("'t Is 'n feest,' zei hij", "nl", "'t is 'n feest zei hij"),
+    # ... but a trailing apostrophe does not.
+    ("Kees' fiets", "nl", "kees fiets"),
+    ("'hello', it's me", "en", "hello it's me"),
+    ("He said 'don't'", "en", "he said don't"),
+    ("'Tis the night; 'twas cold 'cause give 'em 'til dawn", "en",
+     "'tis the night 'twas cold 'cause give 'em 'til dawn"),
+    ("the 'Titanic' and the boys' 'toys'", "en", "the titanic and the boys toys"),
+    # A Dutch clitic is not an English one.
+    ("'s", "en", "s"),
+])
+def test_quotation_marks_become_spaces_but_clitics_stay(raw, lang, expected):
+    assert normalize_text(raw, lang) == expected
+
+
+def test_clitic_lists_are_data_files():
+    from trainer.text import CLITICS_DIR, leading_clitics
+
+    for lang in ("nl", "en"):
+        assert (CLITICS_DIR / f"{lang}.txt").is_file()
+    assert {"s", "t", "n"} <= leading_clitics("nl")
+    assert {"em", "til", "cause", "tis", "twas"} <= leading_clitics("en")
+    assert leading_clitics("nl-BE") == leading_clitics("nl") and leading_clitics("de") == leading_clitics("en")
 
 
 @pytest.mark.parametrize("raw, lang, expected", [

@@ -17,10 +17,15 @@ the CTC blank. ``normalize_text`` does that for English and Dutch:
 3. Lower case; every letter is folded to its closest ASCII letter(s): Unicode NFKD with the
    combining marks dropped (é→e, ë→e, ç→c, ĳ→ij), plus the letters NFKD leaves alone
    (ß→ss, æ→ae, œ→oe, ø→o, ł→l, đ/ð→d, þ→th, ı→i). Letters of other scripts are dropped.
-4. Apostrophes are kept when they touch a letter ("zo'n", "'s avonds", "auto's", "boys'"); a
-   run of them counts as one; a stray one becomes a space.
-5. Everything else — punctuation, hyphens, symbols — becomes a space; spaces are collapsed
-   and trimmed.
+4. Everything else — punctuation, hyphens, symbols, double quotation marks — becomes a space;
+   spaces are collapsed and trimmed.
+5. Apostrophes: a run of them counts as one. One inside a word stays ("zo'n", "auto's",
+   "it's"). One at the start of a word stays only when the word is a leading clitic of the
+   language ("'s avonds", "'t is", "'n boek"; English "'em", "'tis", "'cause"), listed in
+   ``manifests/clitics/<lang>.txt``; any other leading or trailing apostrophe is a single
+   quotation mark and goes ("'hallo'" → "hallo", "‘Titanic’" → "titanic"). A trailing
+   possessive apostrophe goes too ("boys'" → "boys", "Kees'" → "kees"): it is not spoken.
+   Languages without a list use the English one.
 
 The vocabulary (``VOCAB``; index = CTC class) is, in this order::
 
@@ -32,9 +37,11 @@ before the first or after the last word).
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 import unicodedata
+from pathlib import Path
 
 BLANK = "<blank>"
 WORD_SEPARATOR = "|"
@@ -55,8 +62,8 @@ _SPECIAL_LETTERS = str.maketrans({
     "ħ": "h", "Ħ": "h", "ŀ": "l", "Ŀ": "l", "ŧ": "t", "Ŧ": "t",
 })
 _NOT_VOCAB = re.compile(r"[^a-z']+")
-_STRAY_APOSTROPHE = re.compile(r"(?<![a-z])'+(?![a-z])")
 _APOSTROPHE_RUN = re.compile(r"'{2,}")
+CLITICS_DIR = Path(__file__).resolve().parents[1] / "manifests" / "clitics"
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
@@ -189,21 +196,51 @@ def fold_to_ascii(text: str) -> str:
 def normalize_text(text: str | None, language: str = "en", *, digits: str = "spell") -> str:
     """Normalise a transcript to the letter vocabulary: ``[a-z']`` words separated by one space.
 
-    ``language`` ("en" or "nl"; region suffixes like "nl-BE" are accepted) only matters for
-    spelling numbers. ``digits``: "spell" (default) or "drop". See the module docstring.
+    ``language`` ("en" or "nl"; region suffixes like "nl-BE" are accepted) chooses how numbers
+    are spelled and which leading clitics keep their apostrophe. ``digits``: "spell" (default) or "drop". See the module docstring.
     """
     if digits not in DIGIT_POLICIES:
         raise ValueError(f"digits must be one of {DIGIT_POLICIES}, not {digits!r}")
     if not text:
         return ""
-    lang = (language or "en").lower().replace("_", "-").split("-")[0]
+    lang = _base_language(language)
     text = text.translate(_APOSTROPHES)
     text = _replace_numbers(text, lang, digits)
     text = fold_to_ascii(text)
-    text = _NOT_VOCAB.sub(" ", text)
-    text = _APOSTROPHE_RUN.sub("'", text)
-    text = _STRAY_APOSTROPHE.sub(" ", text)
-    return " ".join(text.split())
+    text = _APOSTROPHE_RUN.sub("'", _NOT_VOCAB.sub(" ", text))
+    clitics = leading_clitics(lang)
+    words = (_strip_quotes(w, clitics) for w in text.split())
+    return " ".join(w for w in words if w)
+
+
+def _base_language(language: str | None) -> str:
+    """``nl-BE`` / ``en_US`` → ``nl`` / ``en``."""
+    return (language or "en").lower().replace("_", "-").split("-")[0]
+
+
+@functools.cache
+def _read_clitics(path: Path) -> frozenset[str]:
+    words = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            words.add(fold_to_ascii(line).strip("'"))
+    return frozenset(words)
+
+
+def leading_clitics(language: str | None) -> frozenset[str]:
+    """The words of ``language`` written with a leading apostrophe, without it (``{"s", "t", "n", …}``),
+    from ``manifests/clitics/<lang>.txt`` (read once); English for a language without a list."""
+    path = CLITICS_DIR / f"{_base_language(language)}.txt"
+    return _read_clitics(path if path.exists() else CLITICS_DIR / "en.txt")
+
+
+def _strip_quotes(word: str, clitics: frozenset[str]) -> str:
+    """``word`` (``[a-z']+``) without the apostrophes at its ends, except a leading clitic's."""
+    core = word.strip("'")
+    if core and word.startswith("'") and core in clitics:
+        return "'" + core
+    return core
 
 
 # -- letters <-> ids -----------------------------------------------------------------------
