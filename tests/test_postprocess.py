@@ -37,6 +37,23 @@ def test_sentence_end():
     assert not ends_sentence("en toen") and not ends_sentence("en toen...") and not ends_sentence("zo…")
 
 
+@pytest.mark.parametrize("text", ['Hij zei: "ja."', "(klaar.)", "zei hij.'", "Echt?”", "»Ga weg!«", "Nou!»",
+                                  "zo is het.’", "[applaus.]", "{einde.}", 'Wat? ")', "Klaar.\" "])
+def test_sentence_end_before_closing_quotes_and_brackets(text):
+    assert ends_sentence(text)
+
+
+@pytest.mark.parametrize("text", ['en toen…"', 'en toen..."', "(en dan...)", "zo”", '"ja"', "(klaar)", "", ")"])
+def test_no_sentence_end_without_a_mark_or_after_an_ellipsis(text):
+    assert not ends_sentence(text)
+
+
+def test_whisper_merge_stops_after_a_quoted_sentence():
+    segs = [S(0, 2, 'Hij zei: "ik kom."'), S(2.5, 4, "(Stilte.)"), S(4.5, 6, "Toen…"), S(6.5, 8, 'zei ze "nee."')]
+    out = merge_on_punctuation(segs)
+    assert [s["text"] for s in out] == ['Hij zei: "ik kom."', "(Stilte.)", 'Toen… zei ze "nee."']
+
+
 def test_chain_of_merges_until_punctuation():
     segs = [S(0, 2, "dit is"), S(2.5, 4, "een lange"), S(4.2, 6, "zin."), S(6.5, 8, "Nieuw.")]
     out = merge_on_punctuation(segs)

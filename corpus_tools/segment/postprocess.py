@@ -13,9 +13,11 @@ After merging, a segment longer than 30 s is cut in half, recursively, until eve
 
 Choices the paper leaves open, made here and tested:
 
-* a trailing ellipsis (``...`` or ``…``) does *not* end a sentence: the thesis names
-  ellipses as the mark of an utterance Whisper cut between two 30 s windows, which is
-  what merging repairs;
+* closing quotes and brackets after the mark do not hide it: ``ja."``, ``(klaar.)`` and
+  ``zei hij.'`` end a sentence;
+* a trailing ellipsis (``...`` or ``…``, also inside quotes: ``toen…"``) does *not* end a
+  sentence: the thesis names ellipses as the mark of an utterance Whisper cut between two
+  30 s windows, which is what merging repairs;
 * segments with no speaker label are never merged on speaker;
 * every method's output is *sanitised*: clipped to ``[0, file duration]``, empty or
   zero-length pieces removed, and overlaps between consecutive segments (Whisper
@@ -37,6 +39,9 @@ MAX_GAP_S = 3.0
 MAX_LEN_S = 30.0
 _EPS = 1e-6
 SENTENCE_END = (".", "?", "!")
+# Closing quotation marks and brackets that may follow a sentence end: straight and typographic
+# quotes, guillemets both ways (Dutch and German use them in either direction), brackets.
+CLOSERS = "\"'”’‘“»«›‹)]}"
 
 PHRASES_DIR = Path(__file__).resolve().parents[2] / "manifests" / "phrases"
 
@@ -61,7 +66,9 @@ def normalise_phrase(text: str) -> str:
 
 
 def ends_sentence(text: str) -> bool:
-    t = text.rstrip()
+    """Whether ``text`` ends in ``.``, ``?`` or ``!``, also when closing quotes or brackets follow
+    (``ja."``, ``(klaar.)``, ``zei hij.'``); an ellipsis never ends a sentence (``toen…"``)."""
+    t = text.rstrip().rstrip(CLOSERS + " \t\n")
     if t.endswith("...") or t.endswith("…"):
         return False
     return t.endswith(SENTENCE_END)
