@@ -228,7 +228,8 @@ def apply_filters(df: pl.DataFrame, genre_filter: GenreFilter | None,
 
     The duplicate rule follows the thesis: order broadcasts by publication date (then
     id), and drop a broadcast whose title, summary and date equal those of the previous
-    one — a re-run or a split upload of the same programme.
+    one — a re-run or a split upload of the same programme. An unknown (missing or empty)
+    date is never equal to another one: two undated broadcasts of one series are both kept.
     """
     rows = df.to_dicts()
     for r in rows:
@@ -249,14 +250,17 @@ def apply_filters(df: pl.DataFrame, genre_filter: GenreFilter | None,
         if dur is not None and dur > max_duration:
             r.update(status="filtered", reason=f"longer than {max_duration / 3600:g} h ({dur / 3600:.2f} h)")
     if dedupe and all(c in df.columns for c in ("title", "date")):
-        order = sorted(range(len(rows)), key=lambda i: (str(rows[i].get("date") or ""), rows[i]["recording_id"]))
+        def date_of(r: dict) -> str:
+            return str(r.get("date") or "").strip()
+
+        order = sorted(range(len(rows)), key=lambda i: (date_of(rows[i]), rows[i]["recording_id"]))
         prev = None
         for i in order:
             r = rows[i]
             if r["status"] != "ok":
                 continue
-            sig = (r.get("title"), r.get("summary"), r.get("date"))
-            if prev is not None and r.get("title") and sig == prev[0]:
+            sig = (r.get("title"), r.get("summary"), date_of(r))
+            if prev is not None and r.get("title") and sig[2] and sig == prev[0]:
                 r.update(status="filtered", reason=f"duplicate of {prev[1]} (same title, summary, date)")
                 continue
             prev = (sig, r["recording_id"])

@@ -80,6 +80,28 @@ def test_duration_filter_and_allow_mode():
     assert gf.reason("Sports") and gf.reason("nightly news late edition") and not gf.reason("quiz")
 
 
+def _broadcasts(dates, titles=None, summaries=None):
+    n = len(dates)
+    return pl.DataFrame({"recording_id": [f"r{i}" for i in range(n)], "status": ["ok"] * n, "reason": [None] * n,
+                         "duration": [1800.0] * n, "title": titles or ["Nieuwsuur"] * n,
+                         "summary": summaries or ["Achtergronden"] * n, "date": dates},
+                        schema_overrides={"date": pl.String})
+
+
+@pytest.mark.parametrize("dates", [[None, None], ["", ""], ["  ", None], [None, None, None]])
+def test_unknown_dates_are_never_the_same_date(dates):
+    """Same title and summary but no publication date: nothing says they are one broadcast."""
+    out = ing.apply_filters(_broadcasts(dates), None)
+    assert out["status"].to_list() == ["ok"] * len(dates), out["reason"].to_list()
+
+
+def test_known_equal_dates_still_deduplicate():
+    out = ing.apply_filters(_broadcasts(["2020-01-01", None, "2020-01-01", "2020-01-02"]), None)
+    st = dict(zip(out["recording_id"], out["status"]))
+    assert st == {"r0": "ok", "r1": "ok", "r2": "filtered", "r3": "ok"}
+    assert "duplicate of r0" in out.filter(pl.col("recording_id") == "r2")["reason"][0]
+
+
 def test_truncation_seen_against_metadata_duration():
     df = pl.DataFrame({"recording_id": ["a", "b"], "status": ["ok", "ok"], "reason": [None, None],
                        "duration": [900.0, 1795.0], "meta_duration": [1800.0, 1800.0]})
