@@ -287,17 +287,18 @@ def part_record_path(wd, shard_index: int, num_shards: int) -> Path:
 
 
 def record_segment_part(wd, shard_index: int, num_shards: int, methods: list[str], cfg,
-                        recordings: list[str], phrase_list: str | None = None) -> Path:
-    """Mark part ``shard_index`` of ``num_shards`` finished: its settings, methods and
-    recordings, so ``corpus merge WORKDIR`` can assemble the manifests without being told
-    the options again (and refuse parts made with different settings)."""
+                        recordings: list[str], phrase_lists: list[str] | None = None) -> Path:
+    """Mark part ``shard_index`` of ``num_shards`` finished: its settings, methods, recordings
+    and phrase list files (None: the language's default list), so ``corpus merge WORKDIR`` can
+    assemble the manifests without being told the options again (and refuse parts made with
+    different settings)."""
     from corpus_tools.segment.runner import _atomic_write
 
     path = part_record_path(wd, shard_index, num_shards)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, json.dumps({
         "num_shards": num_shards, "shard_index": shard_index, "methods": methods,
-        "settings": asdict(cfg), "phrase_list": phrase_list, "recordings": recordings,
+        "settings": asdict(cfg), "phrase_lists": phrase_lists, "recordings": recordings,
     }, indent=1, ensure_ascii=False))
     return path
 
@@ -311,6 +312,14 @@ def read_segment_parts(wd) -> list[dict]:
         except (OSError, ValueError):
             continue  # a torn record is a part to rerun
     return out
+
+
+def _part_phrase_lists(part: dict) -> tuple[str, ...] | None:
+    """The phrase list files a part recorded; None means the language's default list. Parts
+    recorded before lists extended the default name their one ``phrase_list``, which replaced it."""
+    if "phrase_lists" in part:
+        return None if part["phrase_lists"] is None else tuple(part["phrase_lists"])
+    return None if part.get("phrase_list") is None else (part["phrase_list"],)
 
 
 class MergeError(ValueError):
@@ -343,7 +352,7 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
         raise MergeError(f"parts {', '.join(map(str, missing))} of {n} have not finished: run "
                          f"`corpus segment {wd.root} --num-shards {n} --shard-index I` for those")
     settings = {json.dumps(p["settings"], sort_keys=True) for p in parts}
-    phrase_lists = {p.get("phrase_list") for p in parts}
+    phrase_lists = {_part_phrase_lists(p) for p in parts}
     if len(settings) > 1 or len(phrase_lists) > 1:
         raise MergeError("the parts were run with different model settings; rerun them with the same options")
     part_methods = sorted({m for p in parts for m in p["methods"]}, key=runner.METHODS.index)
@@ -360,10 +369,12 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
             if set(methods) - set(part_methods) else ""
         raise MergeError(f"{len(lacking)} recording(s) lack cached stages {', '.join(stages)}{extra}, "
                          f"e.g. {', '.join(lacking[:3])}; rerun their parts with those methods")
-    phrases = pp.load_phrases(cfg.language, next(iter(phrase_lists)))
+    files = pp.phrase_files(cfg.language, next(iter(phrase_lists)), default=next(iter(phrase_lists)) is None)
+    phrases = pp.load_phrases(cfg.language, files, default=False)
     out = []
     for m in methods:
         df, drops = runner.assemble(m, recs, cache, phrases, cfg.language)
+        drops["phrase_lists"] = [str(f) for f in files]
         runner.write_method(wd, m, df, drops, cfg)
         out.append((m, df, drops))
     return out

@@ -23,6 +23,24 @@ def test_dutch_phrase_list_is_the_papers():
     assert {"muziek", "gelach", "tv gelderland", "applaus", "gezang", "***", "."} <= NL
 
 
+def test_a_phrase_list_file_extends_the_default_unless_told_to_replace_it(tmp_path):
+    from corpus_tools.segment.postprocess import PHRASES_DIR, phrase_files
+
+    extra = tmp_path / "extra.txt"
+    extra.write_text("# ours\nOndertiteling  TV Gelderland\nApplaus\n", encoding="utf-8")
+    both = load_phrases("nl", extra)
+    assert NL < both and both - NL == {"ondertiteling tv gelderland"}
+    assert load_phrases("nl", extra, default=False) == {"ondertiteling tv gelderland", "applaus"}
+    other = tmp_path / "other.txt"
+    other.write_text("reclame\n", encoding="utf-8")
+    assert load_phrases("nl", [extra, other]) == both | {"reclame"}
+    assert phrase_files("nl", [extra]) == [PHRASES_DIR / "nl.txt", extra]
+    assert phrase_files("nl", [extra], default=False) == [extra]
+    assert phrase_files("xx") == [] and load_phrases("xx") == set()  # no default list for the language
+    with pytest.raises(FileNotFoundError, match="phrase list not found"):
+        load_phrases("nl", tmp_path / "missing.txt")
+
+
 def test_phrase_filter_case_insensitive_trimmed_and_empty():
     segs = [S(0, 1, "  Muziek "), S(1, 2, "TV Gelderland"), S(2, 3, "."), S(3, 4, ""),
             S(4, 5, "muziek en meer"), S(5, 6, "***")]

@@ -131,6 +131,33 @@ def test_unknown_method_and_missing_workdir(tmp_path):
     assert res.exit_code != 0 and "corpus ingest" in res.output
 
 
+def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkeypatch):
+    """`--phrase-list` adds to the language's list, `--no-default-phrases` replaces it, and the
+    method's drops.json names the files used (no recordings needed: the lists are the point)."""
+    from corpus_tools.manifests import RECORDINGS_SCHEMA, write_recordings
+    from corpus_tools.segment.postprocess import PHRASES_DIR, load_phrases
+
+    wd = WorkDir(tmp_path / "w")
+    write_recordings(pl.DataFrame(schema=RECORDINGS_SCHEMA), wd.recordings)
+    extra = tmp_path / "eigen.txt"
+    extra.write_text("reclame\n", encoding="utf-8")
+    seen = []
+    real = runner.assemble
+    monkeypatch.setattr(runner, "assemble", lambda m, recs, cache, phrases, lang: seen.append(phrases)
+                        or real(m, recs, cache, phrases, lang))
+    for extra_args, files in [([], [PHRASES_DIR / "nl.txt"]),
+                              (["--phrase-list", str(extra)], [PHRASES_DIR / "nl.txt", extra]),
+                              (["--phrase-list", str(extra), "--no-default-phrases"], [extra])]:
+        res = cli.invoke(app, ["segment", str(wd.root), "--method", "w-pp-3s", *extra_args])
+        assert res.exit_code == 0, res.output
+        drops = json.loads((wd.segments_dir / "w-pp-3s.drops.json").read_text())
+        assert drops["phrase_lists"] == [str(f) for f in files]
+        assert seen[-1] == load_phrases("nl", files, default=False)
+    assert "muziek" in seen[1] and "reclame" in seen[1] and seen[2] == {"reclame"}
+    res = cli.invoke(app, ["segment", str(wd.root), "--method", "w-pp-3s", "--phrase-list", str(tmp_path / "no.txt")])
+    assert res.exit_code != 0 and "phrase list not found" in res.output
+
+
 def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path):
     wd = WorkDir(tmp_path)
     a = runner.StageCache(wd, SegmentConfig(whisper_model="base"))

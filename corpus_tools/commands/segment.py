@@ -35,7 +35,12 @@ def segment(
                                                   "Whisper's word alignment (default), not at its timestamp "
                                                   "tokens, which often start a segment inside music or "
                                                   "silence.")] = True,
-    phrase_list: Annotated[Optional[Path], typer.Option(help="Phrase filter file (default manifests/phrases/<language>.txt).")] = None,
+    phrase_list: Annotated[Optional[list[Path]], typer.Option(help="Phrase filter file added to the language's "
+                                                              "default list manifests/phrases/<language>.txt "
+                                                              "(repeatable; one phrase per line).")] = None,
+    default_phrases: Annotated[bool, typer.Option("--default-phrases/--no-default-phrases",
+                                                  help="Filter the language's default phrases too; "
+                                                  "--no-default-phrases leaves only the --phrase-list files.")] = True,
     backend: Annotated[str, typer.Option(help="local | ray.")] = "local",
     workers: Annotated[int, typer.Option(help="Worker processes (local) or actors (ray), each holding its own "
                                          "models; 0 = one per GPU. Ray uses one actor per GPU when it has GPUs.")] = 1,
@@ -70,6 +75,8 @@ def segment(
             raise fail(f"--backend must be local or ray, not {backend!r}")
         if not (0 <= shard_index < num_shards):
             raise fail("--shard-index must be in [0, --num-shards)")
+        phrase_files = pp.phrase_files(language, phrase_list, default=default_phrases)
+        phrases = pp.load_phrases(language, phrase_files, default=False)
         wd = WorkDir(workdir)
         if not wd.recordings.exists():
             raise fail(f"{wd.recordings} not found: run `corpus ingest ... -o {workdir}` first")
@@ -111,14 +118,13 @@ def segment(
             from corpus_tools.scale import record_segment_part
 
             record_segment_part(wd, shard_index, num_shards, methods, cfg,
-                                [r["recording_id"] for r in mine],
-                                str(phrase_list) if phrase_list else None)
+                                [r["recording_id"] for r in mine], [str(f) for f in phrase_files])
             stdout.print(f"part {shard_index}/{num_shards}: stages cached for {len(mine)} recordings; "
                          f"run `corpus merge {workdir}` (or segment without --num-shards) to write manifests")
             return
-        phrases = pp.load_phrases(language, phrase_list)
         for m in methods:
             df, drops = runner.assemble(m, recs, cache, phrases, language)
+            drops["phrase_lists"] = [str(f) for f in phrase_files]
             runner.write_method(wd, m, df, drops, cfg)
             stdout.print(f"  {m:11s} {df.height:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
                          f"→ {wd.segments(m)}")

@@ -2,7 +2,8 @@
 
 The rules, in the paper's order:
 
-1. drop segments whose transcript equals a phrase of the list (case-insensitive, trimmed);
+1. drop segments whose transcript equals a phrase of the list (case-insensitive, trimmed): the
+   language's ``manifests/phrases/<lang>.txt`` plus any files the user adds (or those alone);
 2. merge: Whisper — a segment whose text does not end a sentence absorbs the next one,
    recursively, until the merged text does; WhisperX — consecutive segments of the same
    speaker become one. Never across a gap longer than 3 s (a gap of exactly 3 s merges);
@@ -34,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 MAX_GAP_S = 3.0
 MAX_LEN_S = 30.0
@@ -46,18 +48,31 @@ CLOSERS = "\"'”’‘“»«›‹)]}"
 PHRASES_DIR = Path(__file__).resolve().parents[2] / "manifests" / "phrases"
 
 
-def load_phrases(language: str | None = None, path: str | Path | None = None) -> set[str]:
-    """The phrase list for ``language`` (``manifests/phrases/<lang>.txt``) or a given file."""
-    if path is None:
-        path = PHRASES_DIR / f"{language or 'nl'}.txt"
-        if not Path(path).exists():
-            return set()
+PhraseFiles = str | Path | Iterable[str | Path] | None
+
+
+def phrase_files(language: str | None = None, paths: PhraseFiles = None, *, default: bool = True) -> list[Path]:
+    """The phrase list files to use: the language's default list ``manifests/phrases/<lang>.txt``
+    (when ``default`` and the language has one), then ``paths`` (one file or several), which
+    extend it. ``default=False`` uses ``paths`` alone. A named file that does not exist is an error."""
+    given = [] if paths is None else [paths] if isinstance(paths, (str, Path)) else list(paths)
+    extra = [Path(p).absolute() for p in given]
+    for p in extra:
+        if not p.is_file():
+            raise FileNotFoundError(f"phrase list not found: {p}")
+    builtin = PHRASES_DIR / f"{language or 'nl'}.txt"
+    return ([builtin] if default and builtin.exists() else []) + extra
+
+
+def load_phrases(language: str | None = None, paths: PhraseFiles = None, *, default: bool = True) -> set[str]:
+    """The phrases of ``phrase_files(language, paths, default=default)``, normalised, together."""
     phrases = set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        s = line.strip()
-        if not s or (s.startswith("#") and s != "#"):
-            continue
-        phrases.add(normalise_phrase(s))
+    for path in phrase_files(language, paths, default=default):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            s = line.strip()
+            if not s or (s.startswith("#") and s != "#"):
+                continue
+            phrases.add(normalise_phrase(s))
     return phrases
 
 
