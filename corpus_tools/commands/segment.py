@@ -35,7 +35,7 @@ def segment(
                                                   "Whisper's word alignment (default), not at its timestamp "
                                                   "tokens, which often start a segment inside music or "
                                                   "silence.")] = True,
-    phrase_list: Annotated[Optional[list[Path]], typer.Option(help="Phrase filter file added to the language's "
+    phrase_list: Annotated[Optional[list[Path]], typer.Option(metavar="FILE", help="Phrase filter file added to the language's "
                                                               "default list manifests/phrases/<language>.txt "
                                                               "(repeatable; one phrase per line).")] = None,
     default_phrases: Annotated[bool, typer.Option("--default-phrases/--no-default-phrases",
