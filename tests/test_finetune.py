@@ -276,6 +276,23 @@ def test_label_subsets(data, tmp_path):
     assert r.exit_code == 0 and "utterances" in r.output, r.output
 
 
+def test_a_split_within_five_percent_of_the_budget_is_used_whole(data, tmp_path):
+    """train-clean-100 holds 100.6 h: the 100 h preset must train on all of it, not a random 99.4 %."""
+    from corpus_tools.reader import list_shards, read_shard_records
+
+    for src in (data["train"], data["manifest"]):
+        said = []
+        budget = data["hours"] / 1.04  # the data hold 4 % more than the budget
+        folder, info = prepare_training_data(src, budget, 0, tmp_path / Path(src).name, log=said.append)
+        recs = [r for p in list_shards(folder) for r in read_shard_records(p)]
+        assert len(recs) == info["utterances"] == 30, (src, said)
+        assert any("within 5 %" in m and "using them all" in m for m in said), said
+        # More than 5 % over the budget: a subset is drawn.
+        folder, info = prepare_training_data(src, data["hours"] / 1.2, 0, tmp_path / f"{Path(src).name}-cut",
+                                             log=lambda m: None)
+        assert info["utterances"] < 30
+
+
 def test_cli_help_and_bad_input(data, tmp_path):
     from typer.testing import CliRunner
 

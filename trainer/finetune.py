@@ -13,7 +13,8 @@ Recipe (defaults, all from the thesis / nanow2v2's ``ft_asr`` config):
 * Mask p = 0.05 (span 10), dropout 0.1, batches of 200 s of audio.
 * Label budgets as presets (``trainer/configs/finetune_{10m,1h,10h,100h,960h}.yaml``): 12 k / 13 k /
   20 k / 80 k / 320 k steps; the preset's ``label_hours`` draws a subset of the training data by
-  duration (``draw_subset``) when the data holds more than that.
+  duration (``draw_subset``) when the data holds more than 5 % over that (``WHOLE_SET_TOLERANCE``);
+  a standard split within 5 % of the budget (train-clean-100: 100.6 h) is used whole.
 
 Freezing under DDP. DDP registers only the parameters that require a gradient when it is
 constructed, so parameters unfrozen later would never be all-reduced. We freeze with
@@ -54,6 +55,9 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 PRESETS = ("10m", "1h", "10h", "100h", "960h")
 MANIFEST_SUFFIXES = (".parquet", ".csv", ".tsv")
 SAMPLE_RATE = 16_000
+# A label budget uses the whole training set when the set holds at most this fraction more
+# (train-clean-100: 100.6 h for the 100 h preset).
+WHOLE_SET_TOLERANCE = 0.05
 
 # Defaults without a preset; a preset's `train:`/`model:` sections and then the command line override them.
 DEFAULT_TRAIN: dict[str, Any] = dict(
@@ -252,18 +256,45 @@ def is_manifest(src: str) -> bool:
     return isinstance(src, (str, Path)) and Path(src).suffix in MANIFEST_SUFFIXES and Path(src).is_file()
 
 
+def uses_whole_set(available_hours: float, label_hours: float) -> bool:
+    """Whether a label budget takes all the data: it holds at most ``WHOLE_SET_TOLERANCE`` more.
+
+    Standard splits are a little over their nominal size (train-clean-100 is 100.6 h); a
+    random trim of the last fraction would make the 100 h preset train on an arbitrary
+    99.4 % of the split the literature reports on.
+    """
+    return available_hours <= (1.0 + WHOLE_SET_TOLERANCE) * label_hours
+
+
+def _whole_set_message(what: str, available: float, label_hours: float) -> str:
+    over = "≤" if available <= label_hours else f"within {100 * WHOLE_SET_TOLERANCE:g} % of"
+    return f"{what} {available:.3f} h, {over} the {label_hours:g} h label budget: using them all"
+
+
 def prepare_training_data(src: str, label_hours: float | None, seed: int, run_dir: Path,
                           log=print) -> tuple[str, dict]:
-    """The shard set to train on: ``src`` itself, a label subset of it, or shards written from a manifest."""
+    """The shard set to train on: ``src`` itself, a label subset of it, or shards written from a manifest.
+
+    A label budget draws a subset only from data holding more than ``1 + WHOLE_SET_TOLERANCE``
+    times the budget (``uses_whole_set``); otherwise all the data is used.
+    """
     info: dict[str, Any] = {"source": str(src)}
     if is_manifest(src):
+        import polars as pl
+
         from corpus_tools.manifests import read_segments
         from corpus_tools.shards import write_shards
 
         df = read_segments(src)
         if label_hours is not None:
-            df = subset_manifest(df, label_hours, seed)
-            info.update(hours=label_hours, seed=seed)
+            seconds = df.select(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start")).sum()).item()
+            available = float(seconds or 0.0) / 3600
+            if uses_whole_set(available, label_hours):
+                log(_whole_set_message("the training manifest holds", available, label_hours))
+                info.update(available_hours=available, selected_hours=available)
+            else:
+                df = subset_manifest(df, label_hours, seed)
+                info.update(hours=label_hours, seed=seed)
         folder = run_dir / "data" / "train"
         log(f"writing {df.height} labelled segments to shards in {folder}")
         write_shards(df, folder, progress=True, overwrite=True, seed=seed)
@@ -273,8 +304,8 @@ def prepare_training_data(src: str, label_hours: float | None, seed: int, run_di
         return src, info
     items = shard_index(src)
     available = sum(it["seconds"] for it in items) / 3600
-    if available <= label_hours:
-        log(f"the training shards hold {available:.3f} h ≤ {label_hours:g} h of labels: using them all")
+    if uses_whole_set(available, label_hours):
+        log(_whole_set_message("the training shards hold", available, label_hours))
         info.update(available_hours=available, selected_hours=available, utterances=len(items))
         return src, info
     folder = run_dir / "data" / f"train-{label_hours:g}h-seed{seed}"
