@@ -21,7 +21,8 @@ punctuation and hyphens to spaces, numbers spelled out (--digits drop removes th
 Recipe: Adam without weight decay, tri-stage LR 5e-7 → 5e-5 → 2.5e-6 (10/40/50 %), CNN frozen,
 transformer frozen for the first 5 k steps, mask p 0.05, dropout 0.1, 200 s batches. Label-budget
 presets: --preset 10m | 1h | 10h | 100h | 960h (12k / 13k / 20k / 80k / 320k steps); a preset's
-label hours are drawn from --train (by duration, --seed) when it holds more.
+label hours are drawn from --train (by duration, --seed) when it holds more than 5 % over them;
+within 5 % (train-clean-100 is 100.6 h) the whole set is used.
 
   trainer finetune --init runs/base --train ls-train/ --val ls-dev-clean/ --preset 10h --out runs/ft10h
   torchrun --nproc-per-node 4 -m trainer.cli finetune --init hf-model/ --train mls-nl/ --val mls-nl-dev/ --preset 100h --out runs/nl
