@@ -85,6 +85,77 @@ def test_encoder_matches_hf_wav2vec2(direction):
         assert torch.allclose(q, hq.reshape(q.shape), atol=1e-6)
 
 
+def _swap_ffn_activation(model: Wav2Vec2ForPreTraining, fn) -> None:
+    """Give the FFN activation ``fn``, and FFN weights large enough that the GELU variants differ
+    visibly (at init scale its inputs stay near 0, where tanh GELU equals exact GELU to 1e-6)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in model.wav2vec2.context.layers:
+            layer.ffn.act = fn
+            for fc in (layer.ffn.fc1, layer.ffn.fc2):
+                fc.weight.copy_(0.5 * torch.randn(fc.weight.shape, generator=g))
+
+
+# fairseq's activation_fn → (our activation, the function fairseq's FFN applies). fairseq's CNN and
+# positional convolution always use exact GELU (nn.GELU), whatever activation_fn says.
+FAIRSEQ_ACTIVATIONS = {
+    "gelu": ("gelu", F.gelu),
+    "gelu_accurate": ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh")),
+    "relu": ("relu", F.relu),
+}
+
+
+@pytest.mark.parametrize("activation_fn", sorted(FAIRSEQ_ACTIVATIONS))
+def test_fairseq_import_honours_activation_fn(tmp_path, activation_fn):
+    from trainer.hf import load_pretrained
+
+    ours, fn = FAIRSEQ_ACTIVATIONS[activation_fn]
+    torch.manual_seed(0)
+    ref = Wav2Vec2ForPreTraining(tiny_cfg(conv_padding="none", activation="gelu")).eval()
+    randomise(ref)
+    _swap_ffn_activation(ref, fn)  # the fairseq model: exact-GELU convolutions, activation_fn in the FFN
+    torch.save({"cfg": {"model": {**FAIRSEQ_TINY, "activation_fn": activation_fn}}, "model": to_fairseq_state(ref)},
+               tmp_path / "fairseq.pt")
+    got = load_pretrained(tmp_path / "fairseq.pt").eval()
+    audio = speech_like(1, 9000)
+    with torch.no_grad():
+        assert torch.allclose(got.wav2vec2(audio)["context"], ref.wav2vec2(audio)["context"], atol=1e-6)
+    assert got.cfg.activation == ours and got.cfg.conv_activation in (None, "gelu")
+    # The imported config alone rebuilds the same model (fresh weights, then the same state).
+    again = Wav2Vec2ForPreTraining(Wav2Vec2Config.from_dict(got.cfg.to_dict())).eval()
+    again.load_state_dict(got.state_dict())
+    with torch.no_grad():
+        assert torch.equal(again.wav2vec2(audio)["context"], got.wav2vec2(audio)["context"])
+
+
+@pytest.mark.parametrize("activation_fn", ["swish", "tanh", "linear", "gelu_new"])
+def test_fairseq_import_refuses_an_activation_it_cannot_represent(tmp_path, activation_fn):
+    from trainer.hf import from_fairseq_config
+
+    with pytest.raises(ValueError, match=f"activation_fn.*{activation_fn}"):
+        from_fairseq_config({**FAIRSEQ_TINY, "activation_fn": activation_fn})
+
+
+def test_relu_ffn_exports_to_hf_with_equal_outputs():
+    from transformers import Wav2Vec2ForPreTraining as HFPre
+
+    from trainer.hf import from_hf_config, state_dict_to_hf, to_hf_config
+
+    cfg = tiny_cfg(conv_padding="none", activation="relu", conv_activation="gelu")
+    hf_cfg = to_hf_config(cfg)
+    assert (hf_cfg.hidden_act, hf_cfg.feat_extract_activation) == ("relu", "gelu")
+    back = from_hf_config(hf_cfg)
+    assert (back.activation, back.conv_activation) == ("relu", "gelu")
+    torch.manual_seed(0)
+    ours = Wav2Vec2ForPreTraining(cfg).eval()
+    randomise(ours)
+    hf = HFPre(hf_cfg).eval()
+    hf.load_state_dict(state_dict_to_hf(ours.state_dict(), cfg), strict=True)
+    audio = speech_like(1, 9000)
+    with torch.no_grad():
+        assert torch.allclose(ours.wav2vec2(audio)["context"], hf.wav2vec2(audio).last_hidden_state, atol=1e-5)
+
+
 # -- the feature encoder ----------------------------------------------------------------
 
 
@@ -348,15 +419,16 @@ def test_export_hf_folder_round_trip(tmp_path):
         assert torch.equal(back.quantizer.codevectors, model.quantizer.codevectors)
 
 
-def test_import_fairseq_checkpoint(tmp_path):
-    """A fairseq-format checkpoint (key names and cfg of fairseq's Wav2Vec2Model) loads with equal outputs."""
-    from trainer.hf import load_pretrained
+FAIRSEQ_TINY = {"conv_feature_layers": "[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2", "conv_bias": False,
+                "extractor_mode": "default", "encoder_embed_dim": 32, "encoder_layers": 2, "encoder_ffn_embed_dim": 48,
+                "encoder_attention_heads": 4, "conv_pos": 16, "conv_pos_groups": 4, "layer_norm_first": False,
+                "latent_vars": 12, "latent_groups": 2, "latent_dim": 16, "final_dim": 8,
+                "latent_temp": "(2, 0.5, 0.999995)"}
 
-    torch.manual_seed(0)
-    cfg = tiny_cfg(conv_padding="none", activation="gelu")
-    ref = Wav2Vec2ForPreTraining(cfg).eval()
-    randomise(ref)
-    sd = ref.state_dict()
+
+def to_fairseq_state(model: Wav2Vec2ForPreTraining) -> dict[str, torch.Tensor]:
+    """The state dict of ``model`` under fairseq ``Wav2Vec2Model`` key names (for ``tiny_cfg``)."""
+    cfg, sd = model.cfg, model.state_dict()
     fs = {}
     for i in range(7):
         fs[f"feature_extractor.conv_layers.{i}.0.weight"] = sd[f"wav2vec2.feature_encoder.layers.{i}.conv.weight"]
@@ -385,11 +457,19 @@ def test_import_fairseq_checkpoint(tmp_path):
         fs[f"quantizer.weight_proj.{p}"] = sd[f"quantizer.weight_proj.{p}"]
         fs[f"project_q.{p}"] = sd[f"project_quantized.{p}"]
         fs[f"final_proj.{p}"] = sd[f"project_context.{p}"]
-    model_cfg = {"conv_feature_layers": "[(16, 10, 5)] + [(16, 3, 2)] * 4 + [(16, 2, 2)] * 2", "conv_bias": False,
-                 "extractor_mode": "default", "encoder_embed_dim": 32, "encoder_layers": 2, "encoder_ffn_embed_dim": 48,
-                 "encoder_attention_heads": 4, "conv_pos": 16, "conv_pos_groups": 4, "layer_norm_first": False,
-                 "latent_vars": 12, "latent_groups": 2, "latent_dim": 16, "final_dim": 8,
-                 "latent_temp": "(2, 0.5, 0.999995)"}
+    return fs
+
+
+def test_import_fairseq_checkpoint(tmp_path):
+    """A fairseq-format checkpoint (key names and cfg of fairseq's Wav2Vec2Model) loads with equal outputs."""
+    from trainer.hf import load_pretrained
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(conv_padding="none", activation="gelu")
+    ref = Wav2Vec2ForPreTraining(cfg).eval()
+    randomise(ref)
+    fs = to_fairseq_state(ref)
+    model_cfg = dict(FAIRSEQ_TINY)
     torch.save({"cfg": {"model": model_cfg}, "model": fs}, tmp_path / "fairseq.pt")
     got = load_pretrained(tmp_path / "fairseq.pt").eval()
     audio = speech_like(1, 9000)

@@ -24,13 +24,19 @@ from torch import nn
 ENCODER_PADDINGS = {"50hz": (3, 1, 1, 1, 1, 0, 0), "none": (0, 0, 0, 0, 0, 0, 0)}
 
 
+ACTIVATIONS = ("gelu_tanh", "gelu", "relu")
+
+
 def activation_fn(name: str):
-    """Return the activation called ``name``: 'gelu_tanh' (thesis, nanow2v2) or 'gelu' (fairseq, HF)."""
+    """Return the activation called ``name``: 'gelu_tanh' (thesis, nanow2v2), 'gelu' (exact; fairseq,
+    HF) or 'relu' (fairseq checkpoints trained with ``activation_fn=relu``)."""
     if name == "gelu_tanh":
         return lambda x: F.gelu(x, approximate="tanh")
     if name == "gelu":
         return F.gelu
-    raise ValueError(f"unknown activation {name!r}; use 'gelu_tanh' or 'gelu'")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name!r}; use one of {', '.join(ACTIVATIONS)}")
 
 
 class GradMultiply(torch.autograd.Function):

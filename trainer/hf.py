@@ -8,7 +8,9 @@
   CTC fine-tuned) → ``Wav2Vec2ForPreTraining`` initialised with its weights.
 
 Exactness: HF and fairseq have no padding in the feature encoder. A model built with
-``conv_padding="none"`` and ``activation="gelu"`` (what the importers produce) gives the same
+``conv_padding="none"`` and ``activation="gelu"`` (what the importers produce for the usual
+checkpoints; a fairseq ``activation_fn`` of gelu_accurate or relu sets the FFN activation and
+keeps exact GELU in the convolutions, as fairseq does) gives the same
 transformer output as HF ``Wav2Vec2Model`` in eval mode (tested to 1e-5). A model trained with
 the thesis' 50 frames/s padding exports its weights unchanged, but HF will run the convolutions
 unpadded, so its frames are shifted by a few samples (49.9 frames/s); a warning says so.
@@ -25,7 +27,10 @@ import torch
 
 from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
-HF_ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}
+HF_ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
+# fairseq ``activation_fn`` → ours. fairseq applies it in the transformer FFN only; its CNN and
+# positional conv use exact GELU. "gelu_fast" is fairseq's deprecated name for "gelu_accurate".
+FAIRSEQ_ACTIVATIONS = {"gelu": "gelu", "gelu_accurate": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
 
 # (ours, HF) key prefixes for everything but the fused attention projection; "{i}" is a layer index.
 # Ours are relative to Wav2Vec2ForPreTraining, HF's to HF Wav2Vec2ForPreTraining ("wav2vec2." = backbone).
@@ -70,7 +75,7 @@ def to_hf_config(cfg: Wav2Vec2Config):
     return HFConfig(
         hidden_size=cfg.d_model, num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
         intermediate_size=cfg.ffn_dim, hidden_act=HF_ACTIVATIONS[cfg.activation],
-        feat_extract_activation=HF_ACTIVATIONS[cfg.activation],
+        feat_extract_activation=HF_ACTIVATIONS[cfg.conv_activation or cfg.activation],
         hidden_dropout=cfg.dropout, activation_dropout=cfg.activation_dropout, attention_dropout=cfg.attention_dropout,
         feat_proj_dropout=cfg.feature_dropout, feat_quantizer_dropout=0.0, final_dropout=0.0, layerdrop=0.0,
         layer_norm_eps=cfg.layer_norm_eps, feat_extract_norm=cfg.conv_norm,
@@ -86,17 +91,18 @@ def to_hf_config(cfg: Wav2Vec2Config):
 
 
 def from_hf_config(hf) -> Wav2Vec2Config:
-    """Our config for a ``transformers.Wav2Vec2Config`` (unpadded CNN, HF's activation)."""
+    """Our config for a ``transformers.Wav2Vec2Config`` (unpadded CNN, HF's activations: ``hidden_act``
+    in the FFN, ``feat_extract_activation`` in the CNN and the positional conv)."""
     act = {v: k for k, v in HF_ACTIVATIONS.items()}
     for name in ("hidden_act", "feat_extract_activation"):
         if getattr(hf, name) not in act:
             raise ValueError(f"unsupported HF {name}={getattr(hf, name)!r}; supported: {sorted(act)}")
-    if hf.hidden_act != hf.feat_extract_activation:
-        raise ValueError("HF hidden_act and feat_extract_activation differ; this model uses one activation")
+    conv_activation = None if hf.feat_extract_activation == hf.hidden_act else act[hf.feat_extract_activation]
     return Wav2Vec2Config(
         name="hf-import", conv_channels=list(hf.conv_dim), conv_kernels=list(hf.conv_kernel),
         conv_strides=list(hf.conv_stride), conv_padding="none", conv_bias=hf.conv_bias,
-        conv_norm=hf.feat_extract_norm, activation=act[hf.hidden_act], d_model=hf.hidden_size,
+        conv_norm=hf.feat_extract_norm, activation=act[hf.hidden_act], conv_activation=conv_activation,
+        d_model=hf.hidden_size,
         layers=hf.num_hidden_layers, heads=hf.num_attention_heads, ffn_dim=hf.intermediate_size,
         pos_conv_kernel=hf.num_conv_pos_embeddings, pos_conv_groups=hf.num_conv_pos_embedding_groups,
         norm_first=hf.do_stable_layer_norm, dropout=hf.hidden_dropout, attention_dropout=hf.attention_dropout,
@@ -205,9 +211,19 @@ def _fairseq_model_cfg(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_fairseq_config(mc: dict[str, Any]) -> Wav2Vec2Config:
-    """Our config for a fairseq ``Wav2Vec2Config`` dict."""
+    """Our config for a fairseq ``Wav2Vec2Config`` dict.
+
+    ``activation_fn`` (fairseq's default "gelu") sets the FFN activation: "gelu" → exact GELU,
+    "gelu_accurate" → tanh GELU, "relu" → ReLU; the CNN and positional conv stay exact GELU, as
+    in fairseq. Any other activation_fn is refused: the model would compute something else.
+    """
     if int(mc.get("pos_conv_depth", 1) or 1) != 1:
         raise ValueError("fairseq pos_conv_depth > 1 (data2vec-style) is not supported")
+    activation_fn = str(mc.get("activation_fn") or "gelu")
+    if activation_fn not in FAIRSEQ_ACTIVATIONS:
+        raise ValueError(f"fairseq activation_fn {activation_fn!r} cannot be represented; supported: "
+                         f"{', '.join(sorted(FAIRSEQ_ACTIVATIONS))}")
+    activation = FAIRSEQ_ACTIVATIONS[activation_fn]
     layers = eval(mc.get("conv_feature_layers", "[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]"))  # noqa: S307 fairseq stores a Python expression
     latent_dim = int(mc.get("latent_dim", 0) or 0)
     final_dim = int(mc.get("final_dim", 0) or 0) or int(mc.get("encoder_embed_dim", 768))
@@ -218,7 +234,8 @@ def from_fairseq_config(mc: dict[str, Any]) -> Wav2Vec2Config:
         name="fairseq-import", conv_channels=[l[0] for l in layers], conv_kernels=[l[1] for l in layers],
         conv_strides=[l[2] for l in layers], conv_padding="none", conv_bias=bool(mc.get("conv_bias", False)),
         conv_norm={"default": "group", "layer_norm": "layer"}[mc.get("extractor_mode", "default")],
-        activation="gelu", d_model=int(mc.get("encoder_embed_dim", 768)), layers=int(mc.get("encoder_layers", 12)),
+        activation=activation, conv_activation=None if activation == "gelu" else "gelu",
+        d_model=int(mc.get("encoder_embed_dim", 768)), layers=int(mc.get("encoder_layers", 12)),
         heads=int(mc.get("encoder_attention_heads", 12)), ffn_dim=int(mc.get("encoder_ffn_embed_dim", 3072)),
         pos_conv_kernel=int(mc.get("conv_pos", 128)), pos_conv_groups=int(mc.get("conv_pos_groups", 16)),
         norm_first=bool(mc.get("layer_norm_first", False)), dropout=float(mc.get("dropout", 0.1)),

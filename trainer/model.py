@@ -54,7 +54,11 @@ class Wav2Vec2Config:
     conv_padding: str = "50hz"          # "50hz" (thesis: T//320 frames) or "none" (fairseq/HF)
     conv_bias: bool = False
     conv_norm: str = "group"            # "group" (GroupNorm on layer 0) or "layer" (LayerNorm every layer)
-    activation: str = "gelu_tanh"       # "gelu_tanh" (thesis) or "gelu" (fairseq/HF checkpoints)
+    # Activation of the transformer FFN [activation_fn] and, unless conv_activation says otherwise, of
+    # the CNN and the positional conv: "gelu_tanh" (thesis), "gelu" (exact; fairseq/HF) or "relu".
+    # fairseq's CNN and positional conv always use exact GELU, whatever its activation_fn.
+    activation: str = "gelu_tanh"
+    conv_activation: str | None = None
     gradient_scale: float = 0.1
     # Context network [encoder_embed_dim, encoder_layers, encoder_attention_heads, encoder_ffn_embed_dim,
     # conv_pos, conv_pos_groups, layer_norm_first, dropout, attention_dropout, activation_dropout].
@@ -153,14 +157,15 @@ class Wav2Vec2(nn.Module):
     def __init__(self, cfg: Wav2Vec2Config):
         super().__init__()
         self.cfg = cfg
+        conv_activation = cfg.conv_activation or cfg.activation
         self.feature_encoder = FeatureEncoder(cfg.conv_channels, cfg.conv_kernels, cfg.conv_strides, cfg.conv_padding,
-                                              cfg.conv_bias, cfg.conv_norm, cfg.activation)
+                                              cfg.conv_bias, cfg.conv_norm, conv_activation)
         self.feature_projection = FeatureProjection(cfg.conv_channels[-1], cfg.d_model, cfg.feature_dropout,
                                                     cfg.layer_norm_eps)
         self.mask_embedding = nn.Parameter(torch.empty(cfg.d_model).uniform_())
         self.context = ContextNetwork(cfg.d_model, cfg.layers, cfg.heads, cfg.ffn_dim, cfg.pos_conv_kernel,
                                       cfg.pos_conv_groups, cfg.dropout, cfg.attention_dropout,
-                                      cfg.activation_dropout, cfg.activation, cfg.activation, cfg.norm_first,
+                                      cfg.activation_dropout, cfg.activation, conv_activation, cfg.norm_first,
                                       cfg.layer_norm_eps)
         for layer in self.feature_encoder.layers:
             nn.init.kaiming_normal_(layer.conv.weight)
