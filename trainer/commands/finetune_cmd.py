@@ -15,8 +15,9 @@ from trainer.commands import common
 FINETUNE_HELP = """CTC fine-tuning of a pre-trained wav2vec 2.0 model (thesis §5.2.4, SPEC §6).
 
 Letter vocabulary (index order): <blank> | ' a-z. Transcripts (the shards' `transcript`) are
-normalised for English/Dutch: lower case, accents folded to ASCII, apostrophes kept, other
-punctuation and hyphens to spaces, numbers spelled out (--digits drop removes them).
+normalised for English/Dutch: lower case, accents folded to ASCII, apostrophes kept inside words
+and in leading clitics ('s, 't, 'n; manifests/clitics/), quotation marks, other punctuation and
+hyphens to spaces, numbers spelled out (--digits drop removes them).
 
 Recipe: Adam without weight decay, tri-stage LR 5e-7 → 5e-5 → 2.5e-6 (10/40/50 %), CNN frozen,
 transformer frozen for the first 5 k steps, mask p 0.05, dropout 0.1, 200 s batches. Label-budget
