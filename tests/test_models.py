@@ -110,6 +110,52 @@ def test_defaults_fall_back_to_models_folder_when_offline(models_dir):
     assert M.align_model_path(None, "nl", models_dir).endswith("random-wav2vec2-ctc-nl")
 
 
+def test_fingerprint_follows_content_not_place(tmp_path):
+    """Cheap fingerprint: names, sizes, and sampled bytes (the first and last MiB among them)."""
+    from corpus_tools.fingerprint import fingerprint
+
+    data = bytearray(np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "model.bin").write_bytes(data)
+    (a / "config.json").write_text('{"layers": 2}')
+    reference = fingerprint(a)
+    assert reference.startswith("sha256:")
+    assert fingerprint(shutil.copytree(a, tmp_path / "elsewhere")) == reference  # moved: same
+    assert fingerprint(a / "model.bin") == fingerprint(tmp_path / "elsewhere" / "model.bin")
+    for offset in (10, len(data) - 10):  # same size, other bytes at the start or the end
+        changed = shutil.copytree(a, tmp_path / f"changed-{offset}")
+        edited = bytearray(data)
+        edited[offset] ^= 0xFF
+        (changed / "model.bin").write_bytes(edited)
+        assert fingerprint(changed) != reference
+    renamed = shutil.copytree(a, tmp_path / "renamed")
+    (renamed / "config.json").rename(renamed / "config2.json")
+    assert fingerprint(renamed) != reference
+    # rewritten in place after it was fingerprinted: the in-process memo must not hide it
+    data[0] ^= 0xFF
+    (a / "model.bin").write_bytes(data)
+    assert fingerprint(a) != reference
+
+
+def test_model_identity_is_its_content(models_dir, tmp_path):
+    """What a stage cache is keyed on: the files' fingerprint, whether they are found by name,
+    by path or in a moved folder; the name, source, target and stand-in flag are recorded."""
+    r = M.locate("align", "random-wav2vec2-ctc-nl", models_dir)
+    ident = M.identify(r)
+    assert ident["stand_in"] and ident["source"] == "models-dir" and ident["name"] == "random-wav2vec2-ctc-nl"
+    assert ident["target"] == str(r.target) and ident["fingerprint"].startswith("sha256:")
+    by_path = M.identify(M.locate("align", str(shutil.copytree(r.target, tmp_path / "copy"))))
+    assert by_path["source"] == "path" and M.identity_key(by_path) == M.identity_key(ident)
+    from corpus_tools.modelzoo.random_standins import build_random_wav2vec2_ctc
+
+    other = M.identify(M.locate("align", str(build_random_wav2vec2_ctc(tmp_path / "other", seed=1))))
+    assert M.identity_key(other) != M.identity_key(ident)
+    # a model the library would download is known by what it publishes, not by a path
+    online = M.identify(M.Resolved("align", "WAV2VEC2_ASR_BASE_960H", "WAV2VEC2_ASR_BASE_960H", "download"))
+    assert online["fingerprint"] is None and M.identity_key(online) == {"published": "torchaudio:WAV2VEC2_ASR_BASE_960H"}
+
+
 # ------------------------------------------------------------------------------------------
 # real loading code paths
 
