@@ -81,7 +81,7 @@ def time_segment(work: Path, models: Path, backend: str, workers: int) -> float:
 
         torch.set_num_threads(1)
         models_ = ModelSet(cfg)
-        cache = runner.StageCache(wd, cfg)
+        cache = runner.StageCache(wd, models_.stage_keys(["vad"]))
         for rec in recs:
             runner.process_recording(rec, ["vad"], cache, models_)
     else:
@@ -143,12 +143,12 @@ def main(argv: list[str] | None = None) -> None:
             from corpus_tools.manifests import WorkDir
             from corpus_tools.segment import postprocess as pp
             from corpus_tools.segment import runner
-            from corpus_tools.segment.backends import SegmentConfig
+            from corpus_tools.segment.backends import SegmentConfig, resolve_stage_keys
 
             cfg = SegmentConfig(models_dir=str(models), device="cpu")
             wd = WorkDir(src)
-            df, drops = runner.assemble("sad", runner.ok_recordings(wd), runner.StageCache(wd, cfg),
-                                        pp.load_phrases("nl", None), "nl")
+            cache = runner.StageCache(wd, resolve_stage_keys(cfg, ["vad"]))
+            df, drops = runner.assemble("sad", runner.ok_recordings(wd), cache, pp.load_phrases("nl", None), "nl")
             runner.write_method(wd, "sad", df, drops, cfg)
             seg_audio = float(df["duration"].sum())
             rows = []

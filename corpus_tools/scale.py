@@ -141,8 +141,8 @@ def default_workers(workers: int, device: str = "auto") -> int:
 _WORKER_STATE: dict[str, Any] = {}
 
 
-def _worker_init(workdir: str, cfg_dict: dict, threads: int, gpu_queue=None) -> None:
-    """Load one worker's models (runs once per process/actor)."""
+def _worker_init(workdir: str, cfg_dict: dict, threads: int, stage_keys: dict, gpu_queue=None) -> None:
+    """Set up one worker's models and the driver's stage caches (once per process/actor)."""
     if gpu_queue is not None:  # one GPU per local worker: set before torch sees CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     import torch
@@ -153,12 +153,32 @@ def _worker_init(workdir: str, cfg_dict: dict, threads: int, gpu_queue=None) -> 
 
     torch.set_num_threads(max(1, threads))
     cfg = SegmentConfig(**cfg_dict)
-    _WORKER_STATE.update(models=ModelSet(cfg), cache=StageCache(WorkDir(workdir), cfg))
+    _WORKER_STATE.update(models=ModelSet(cfg), cache=StageCache(WorkDir(workdir), stage_keys),
+                         same_models=False)
+
+
+def _check_worker_models() -> None:
+    """The worker caches under the driver's keys, so what it loads must be what the driver
+    resolved (another machine may hold other files under the same names or paths)."""
+    from corpus_tools.segment.runner import key_differences, key_digest
+
+    expected = {s: k for s, k in _WORKER_STATE["cache"].keys.items() if s != "error"}
+    mine = _WORKER_STATE["models"].stage_keys(list(expected))
+    for stage, key in expected.items():
+        if key_digest(mine[stage]) != key_digest(key):
+            import socket
+
+            raise ValueError(f"a worker on {socket.gethostname()} resolves different models than the driver "
+                             f"for stage {stage} ({key_differences(mine[stage], key)}); give every machine "
+                             f"the same models (--models-dir / CORPUS_MODELS)")
+    _WORKER_STATE["same_models"] = True
 
 
 def _worker_run(args: tuple[dict, list[str]]) -> dict:
     from corpus_tools.segment.runner import process_recording
 
+    if not _WORKER_STATE["same_models"]:
+        _check_worker_models()
     rec, stages = args
     res = process_recording(rec, stages, _WORKER_STATE["cache"], _WORKER_STATE["models"])
     return {**res, "recording_id": rec["recording_id"], "duration": rec["duration"]}
@@ -167,8 +187,8 @@ def _worker_run(args: tuple[dict, list[str]]) -> dict:
 class SegmentWorker:
     """One worker's models and stage cache; the Ray actor class wraps this."""
 
-    def __init__(self, workdir: str, cfg_dict: dict, threads: int = 1):
-        _worker_init(workdir, cfg_dict, threads)
+    def __init__(self, workdir: str, cfg_dict: dict, threads: int, stage_keys: dict):
+        _worker_init(workdir, cfg_dict, threads, stage_keys)
 
     def run(self, rec: dict, stages: list[str]) -> dict:
         return _worker_run((rec, stages))
@@ -194,8 +214,11 @@ def bounded_imap(submit: Callable[[Any], Any], items: list, limit: int) -> Itera
 
 def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backend: str = "local",
                          workers: int = 2, address: str | None = None,
-                         threads: int | None = None) -> float:
+                         threads: int | None = None, stage_keys: dict | None = None) -> float:
     """Fill the stage caches for ``recs`` in parallel; returns summed model seconds.
+
+    ``stage_keys``: the driver's ``resolve_stage_keys`` (resolved here when not given); every
+    worker caches under them and first checks that it resolves the same models.
 
     ``local``: ``workers`` spawned processes (0: one per GPU), each with its models, each
     pinned to one GPU when there are several. ``ray``: one actor per cluster GPU, else
@@ -203,6 +226,10 @@ def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backen
     worker (default: the CPUs divided among the workers). Finished recordings are in the
     stage caches whatever happens to the run afterwards.
     """
+    if stage_keys is None:
+        from corpus_tools.segment.backends import resolve_stage_keys
+
+        stage_keys = resolve_stage_keys(cfg, stages)
     cfg_dict = asdict(cfg)
     total, done_audio = 0.0, 0.0
     t0 = time.perf_counter()
@@ -227,7 +254,7 @@ def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backen
             n = gpus if gpus else (workers if workers > 0 else max(1, cpus // 2))
             threads = threads or max(1, cpus // n)
             actor_cls = ray.remote(num_gpus=1 if gpus else 0, num_cpus=1)(SegmentWorker)
-            actors = [actor_cls.remote(str(wd.root), cfg_dict, threads) for _ in range(n)]
+            actors = [actor_cls.remote(str(wd.root), cfg_dict, threads, stage_keys) for _ in range(n)]
             try:
                 # ActorPool hands a recording to an actor only when it is idle: at most one
                 # recording in flight per actor, the rest wait in the driver
@@ -258,7 +285,7 @@ def run_segment_parallel(recs: list[dict], stages: list[str], wd, cfg, *, backen
             threads = threads or max(1, (os.cpu_count() or 1) // n)
             try:
                 with ProcessPoolExecutor(n, mp_context=ctx, initializer=_worker_init,
-                                         initargs=(str(wd.root), cfg_dict, threads, gpu_queue)) as ex:
+                                         initargs=(str(wd.root), cfg_dict, threads, stage_keys, gpu_queue)) as ex:
                     for res in bounded_imap(lambda r: ex.submit(_worker_run, (r, stages)), recs,
                                             limit=2 * n):
                         tick(res)
@@ -287,18 +314,21 @@ def part_record_path(wd, shard_index: int, num_shards: int) -> Path:
 
 
 def record_segment_part(wd, shard_index: int, num_shards: int, methods: list[str], cfg,
-                        recordings: list[str], phrase_lists: list[str] | None = None) -> Path:
-    """Mark part ``shard_index`` of ``num_shards`` finished: its settings, methods, recordings
-    and phrase list files (None: the language's default list), so ``corpus merge WORKDIR`` can
-    assemble the manifests without being told the options again (and refuse parts made with
-    different settings)."""
+                        recordings: list[str], phrase_lists: list[str] | None = None,
+                        stage_keys: dict | None = None) -> Path:
+    """Mark part ``shard_index`` of ``num_shards`` finished: its settings, the stage keys of
+    the models it resolved, methods, recordings and phrase list files (None: the language's
+    default list), so ``corpus merge WORKDIR`` can assemble the manifests from the very cache
+    folders the parts wrote, without being told the options again or resolving models itself
+    (and refuse parts made with different settings or models)."""
     from corpus_tools.segment.runner import _atomic_write
 
     path = part_record_path(wd, shard_index, num_shards)
     path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(path, json.dumps({
         "num_shards": num_shards, "shard_index": shard_index, "methods": methods,
-        "settings": asdict(cfg), "phrase_lists": phrase_lists, "recordings": recordings,
+        "settings": asdict(cfg), "stage_keys": stage_keys or {}, "phrase_lists": phrase_lists,
+        "recordings": recordings,
     }, indent=1, ensure_ascii=False))
     return path
 
@@ -326,6 +356,27 @@ class MergeError(ValueError):
     """Parts cannot be merged (missing, different settings, incomplete shards)."""
 
 
+def _parts_stage_keys(parts: list[dict]) -> dict[str, dict]:
+    """The stage keys the parts resolved, which must agree stage by stage: merging never
+    resolves models itself (the merging machine may hold other models, or none)."""
+    from corpus_tools.segment.runner import key_differences, key_digest
+
+    keys: dict[str, dict] = {}
+    first: dict[str, int] = {}
+    for p in sorted(parts, key=lambda p: p["shard_index"]):
+        if "stage_keys" not in p:
+            raise MergeError(f"part {p['shard_index']} was recorded without the models it used (an older "
+                             f"`corpus segment`); rerun it")
+        for stage, key in p["stage_keys"].items():
+            if stage not in keys:
+                keys[stage], first[stage] = key, p["shard_index"]
+            elif key_digest(key) != key_digest(keys[stage]):
+                raise MergeError(f"parts {first[stage]} and {p['shard_index']} resolved different models for "
+                                 f"stage {stage} ({key_differences(keys[stage], key)}); rerun the parts "
+                                 f"with the same models")
+    return keys
+
+
 def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str, Any, dict]]:
     """Assemble and write the manifests of a work directory segmented in parts.
 
@@ -351,6 +402,7 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
     if missing:
         raise MergeError(f"parts {', '.join(map(str, missing))} of {n} have not finished: run "
                          f"`corpus segment {wd.root} --num-shards {n} --shard-index I` for those")
+    keys = _parts_stage_keys(parts)
     settings = {json.dumps(p["settings"], sort_keys=True) for p in parts}
     phrase_lists = {_part_phrase_lists(p) for p in parts}
     if len(settings) > 1 or len(phrase_lists) > 1:
@@ -358,9 +410,14 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
     part_methods = sorted({m for p in parts for m in p["methods"]}, key=runner.METHODS.index)
     methods = methods or part_methods
     cfg = SegmentConfig(**{"word_timestamps": False, **parts[0]["settings"]})  # parts from before the option
-    cache = runner.StageCache(wd, cfg)
-    recs = runner.ok_recordings(wd)
     stages = runner.stages_for(methods)
+    unrun = [s for s in stages if s not in keys]
+    if unrun:
+        raise MergeError(f"no part ran stage(s) {', '.join(unrun)} (methods "
+                         f"{', '.join(m for m in methods if m not in part_methods)} were not in the parts); "
+                         f"rerun the parts with those methods")
+    cache = runner.StageCache(wd, keys)
+    recs = runner.ok_recordings(wd)
     lacking = [r["recording_id"] for r in recs
                if cache.get("error", r["recording_id"]) is None
                and any(cache.get(s, r["recording_id"]) is None for s in stages)]

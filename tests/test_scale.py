@@ -143,6 +143,60 @@ def test_segment_parts_merge_to_identical_outputs(mini, tmp_path):
     ok(["verify", work])
 
 
+def test_merge_uses_the_parts_models_and_refuses_parts_that_resolved_different_ones(mini, tmp_path):
+    """Merge reads the cache folders the parts keyed on the models they resolved (the model
+    may be gone by then); parts whose models differ behind the same option are refused."""
+    import torch
+
+    work = fresh(mini, tmp_path)
+    vad = tmp_path / "vad.bin"
+    shutil.copy(Path(mini["models"]) / "vad" / "whisperx-pyannote" / "pytorch_model.bin", vad)
+    for i in (0, 1):
+        ok(segment_args(work, mini, "--vad-model", vad, "--num-shards", "2", "--shard-index", i))
+    away = vad.rename(tmp_path / "vad-away.bin")  # merge must not need the models
+    ok(["merge", work])
+    assert read_segments(WorkDir(work).segments("sad")).equals(read_segments(WorkDir(mini["work"]).segments("sad")))
+
+    ckpt = torch.load(away, map_location="cpu", weights_only=False)  # new weights, same path
+    name = sorted(k for k, v in ckpt["state_dict"].items() if v.dim() == 2)[0]
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] * 1.01
+    torch.save(ckpt, vad)
+    ok(segment_args(work, mini, "--vad-model", vad, "--num-shards", "2", "--shard-index", "1"))
+    res = run(["merge", work])
+    message = " ".join(res.output.split())
+    assert res.exit_code != 0, "parts made with different VAD weights were merged"
+    assert "different models" in message and "vad" in message and "Traceback" not in res.output
+
+
+def test_a_worker_that_resolves_other_models_than_the_driver_refuses(mini, tmp_path):
+    """Workers cache under the driver's keys, so a worker that would load other weights
+    (another machine, a file changed since) must stop before it caches anything."""
+    from dataclasses import asdict
+
+    import torch
+
+    from corpus_tools.segment.backends import SegmentConfig, resolve_stage_keys
+    from corpus_tools.segment.runner import ok_recordings
+
+    work = fresh(mini, tmp_path)
+    vad = tmp_path / "vad.bin"
+    shutil.copy(Path(mini["models"]) / "vad" / "whisperx-pyannote" / "pytorch_model.bin", vad)
+    cfg = SegmentConfig(models_dir=str(mini["models"]), device="cpu", vad_model=str(vad))
+    driver_keys = resolve_stage_keys(cfg, ["vad"])
+    ckpt = torch.load(vad, map_location="cpu", weights_only=False)
+    name = sorted(k for k, v in ckpt["state_dict"].items() if v.dim() == 2)[0]
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] * 1.01
+    torch.save(ckpt, vad)
+    threads = torch.get_num_threads()
+    try:
+        scale._worker_init(str(work), asdict(cfg), threads, driver_keys)
+        with pytest.raises(ValueError, match="different models"):
+            scale._worker_run((ok_recordings(WorkDir(work))[0], ["vad"]))
+    finally:
+        scale._WORKER_STATE.clear()
+    assert not list((work / "cache").glob("vad-*/*.json"))
+
+
 # -- shards, ingest, stems ------------------------------------------------------------------------
 
 

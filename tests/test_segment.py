@@ -4,7 +4,9 @@ VAD, the random-weight alignment stand-in, segmentation-3.0 + CAM++ diarization)
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
@@ -14,7 +16,7 @@ from typer.testing import CliRunner
 from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir, read_segments
 from corpus_tools.segment import runner
-from corpus_tools.segment.backends import SegmentConfig
+from corpus_tools.segment.backends import SegmentConfig, resolve_stage_keys
 
 cli = CliRunner()
 
@@ -159,9 +161,13 @@ def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkey
 
 
 def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path):
+
+
+def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path, models_dir):
     wd = WorkDir(tmp_path)
-    a = runner.StageCache(wd, SegmentConfig(whisper_model="base"))
-    b = runner.StageCache(wd, SegmentConfig(whisper_model="large-v2"))
+    cfg = SegmentConfig(whisper_model="base", models_dir=str(models_dir))
+    a = runner.StageCache(wd, resolve_stage_keys(cfg, ["vad", "whisper"]))
+    b = runner.StageCache(wd, resolve_stage_keys(replace(cfg, beam_size=1), ["vad", "whisper"]))
     assert a.dir("whisper") != b.dir("whisper") and a.dir("vad") == b.dir("vad")
     a.put("whisper", "r1", {"segments": []})
     assert a.get("whisper", "r1") == {"segments": []}
@@ -177,8 +183,7 @@ def test_segment_failed_decode_is_counted(tmp_path, sample_archive):
     assert cli.invoke(app, ["ingest", str(folder), "-o", str(tmp_path / "w")]).exit_code == 0
     next(folder.glob("bc000.*")).write_bytes(b"garbage")  # the file went bad after ingest
     wd = WorkDir(tmp_path / "w")
-    cfg = SegmentConfig()
-    cache = runner.StageCache(wd, cfg)
+    cache = runner.StageCache(wd, {"vad": {"models": {}}})  # decoding fails before any model is needed
     rec = runner.ok_recordings(wd)[0]
     res = runner.process_recording(rec, ["vad"], cache, models=None)
     assert "decode failed" in res["error"]
@@ -212,3 +217,151 @@ def test_whisper_transcript_does_not_depend_on_what_was_decoded_before(segmented
     assert run_whisper(stale, reversed_speech) == fresh
     assert stale.faster_whisper().sampled, "the clip did not make Whisper sample: the test shows nothing"
     assert run_whisper(stale, reversed_speech) != fresh
+
+
+# -- the stage caches follow the models actually resolved ---------------------------------
+
+
+@pytest.fixture()
+def short_work(tmp_path):
+    """A work directory holding one 15 s recording of the real 2-speaker call."""
+    from corpus_tools.audio import load_audio, write_audio
+    from corpus_tools.samples import pyannote_sample_dir
+
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    write_audio(arch / "call.wav", load_audio(pyannote_sample_dir() / "sample.wav", 5.0, 20.0))
+    work = tmp_path / "work"
+    res = cli.invoke(app, ["ingest", str(arch), "-o", str(work)])
+    assert res.exit_code == 0, res.output
+    return work
+
+
+def count_stage_runs(monkeypatch):
+    """Counter of model-stage runs (by stage name) for the CLI calls that follow."""
+    from collections import Counter
+
+    from corpus_tools.segment import backends
+
+    calls: Counter = Counter()
+    for stage in ("vad", "whisper", "wx-asr", "wx-align", "wx-diar"):
+        name = f"run_{stage.replace('-', '_')}"
+
+        def counted(*args, _real=getattr(backends, name), _stage=stage, **kwargs):
+            calls[_stage] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(backends, name, counted)
+    return calls
+
+
+def linked_copy(src: Path, dest: Path) -> Path:
+    """A models folder with the same files: weights hard-linked (no bytes copied), small
+    files copied (NLTK refuses to read multiply-linked data files)."""
+    def link_or_copy(a: str, b: str) -> None:
+        os.link(a, b) if os.path.getsize(a) > 1 << 20 else shutil.copy2(a, b)
+
+    shutil.copytree(src, dest, copy_function=link_or_copy)
+    return dest
+
+
+def perturb_checkpoint(path: Path) -> None:
+    """Rewrite a torch checkpoint in place with one weight changed (same tensors, same names)."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    name = sorted(k for k, v in ckpt["state_dict"].items() if v.dim() == 2)[0]
+    ckpt["state_dict"][name] = ckpt["state_dict"][name] * 1.01
+    tmp = path.with_name(path.name + ".new")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def stage_dirs(work: Path, stage: str) -> list[Path]:
+    return sorted((work / "cache").glob(f"{stage}-*"))
+
+
+def test_vad_model_changed_behind_the_same_path_is_recomputed(short_work, models_dir, tmp_path, monkeypatch):
+    """Same --vad-model path, new file behind it: the sad stage runs again; nothing else does."""
+    vad = tmp_path / "my-vad" / "pytorch_model.bin"
+    vad.parent.mkdir()
+    shutil.copy(models_dir / "vad" / "whisperx-pyannote" / "pytorch_model.bin", vad)
+    calls = count_stage_runs(monkeypatch)
+    args = ["segment", str(short_work), "--method", "sad", "--vad-model", str(vad),
+            "--models-dir", str(models_dir), "--device", "cpu"]
+    for _ in range(2):  # the second run is unchanged: served from the cache
+        res = cli.invoke(app, args)
+        assert res.exit_code == 0, res.output
+    assert calls == {"vad": 1} and "all stages cached" in res.output
+    perturb_checkpoint(vad)
+    res = cli.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert calls == {"vad": 2}, "the VAD changed behind its path but the sad stage was not recomputed"
+    recorded = [json.loads((d / "settings.json").read_text())["models"]["vad"]
+                for d in stage_dirs(short_work, "vad")]
+    assert len(recorded) == 2 and recorded[0]["name"] == recorded[1]["name"] == str(vad)
+    assert recorded[0]["fingerprint"] != recorded[1]["fingerprint"]
+
+
+def test_new_aligner_recomputes_only_the_stages_built_on_it(short_work, models_dir, tmp_path, monkeypatch):
+    """The default aligner is replaced inside a models folder (same name, new weights):
+    wx-align and wx-diar run again, wx-asr and sad do not; moving the folder or rerunning
+    unchanged recomputes nothing."""
+    from corpus_tools.modelzoo.random_standins import build_random_wav2vec2_ctc
+
+    calls = count_stage_runs(monkeypatch)
+    models = linked_copy(models_dir, tmp_path / "models")
+
+    def segment(mdir: Path):
+        res = cli.invoke(app, ["segment", str(short_work), "--method", "sad,wx-diar", "--whisper-model", "base",
+                               "--models-dir", str(mdir), "--device", "cpu", "--beam-size", "1",
+                               "--batch-size", "4"])
+        assert res.exit_code == 0, res.output
+        return res
+
+    segment(models)
+    assert calls == {"vad": 1, "wx-asr": 1, "wx-align": 1, "wx-diar": 1}
+    before = read_segments(WorkDir(short_work).segments("wx-diar"))
+    moved = models.rename(tmp_path / "models-moved")
+    assert "all stages cached" in segment(moved).output  # same files elsewhere: same caches
+    assert calls == {"vad": 1, "wx-asr": 1, "wx-align": 1, "wx-diar": 1}
+    shutil.rmtree(moved / "align" / "random-wav2vec2-ctc-nl")  # only the links: the fixture keeps its files
+    build_random_wav2vec2_ctc(moved / "align" / "random-wav2vec2-ctc-nl", seed=1)
+    segment(moved)
+    assert calls == {"vad": 1, "wx-asr": 1, "wx-align": 2, "wx-diar": 2}, \
+        "a new aligner behind the default name must recompute wx-align and wx-diar only"
+    assert len(stage_dirs(short_work, "wx-asr")) == 1 and len(stage_dirs(short_work, "vad")) == 1
+    aligned = [json.loads((d / "settings.json").read_text()) for d in stage_dirs(short_work, "wx-align")]
+    assert len(aligned) == 2
+    assert {a["models"]["align"]["name"] for a in aligned} == {"random-wav2vec2-ctc-nl"}
+    assert all(a["models"]["align"]["stand_in"] for a in aligned)
+    assert len({a["models"]["align"]["fingerprint"] for a in aligned}) == 2
+    assert len(stage_dirs(short_work, "wx-diar")) == 2
+    assert not read_segments(WorkDir(short_work).segments("wx-diar")).equals(before)
+
+
+def test_stage_keys_chain_and_follow_the_resolved_models(models_dir, tmp_path):
+    """A stage's key holds its own models and those of the stages it builds on; a model is
+    known by its files, so the default VAD given by path shares the caches."""
+    from corpus_tools.modelzoo.random_standins import build_random_wav2vec2_ctc
+
+    stages = ["vad", "whisper", "wx-asr", "wx-align", "wx-diar"]
+    cfg = SegmentConfig(whisper_model="base", models_dir=str(models_dir), device="cpu")
+    keys = resolve_stage_keys(cfg, stages)
+    assert list(keys["wx-diar"]["models"]) == ["whisper-ct2", "vad", "align", "diarization"]
+    assert keys["wx-align"]["models"]["align"]["stand_in"] and not keys["vad"]["models"]["vad"]["stand_in"]
+    wd = WorkDir(tmp_path / "work")
+
+    def changed(**settings) -> list[str]:
+        ref, other = runner.StageCache(wd, keys), runner.StageCache(wd, resolve_stage_keys(replace(cfg, **settings), stages))
+        return [s for s in stages if ref.dir(s) != other.dir(s)]
+
+    vad_copy = tmp_path / "vad.bin"
+    shutil.copy(models_dir / "vad" / "whisperx-pyannote" / "pytorch_model.bin", vad_copy)
+    assert changed(vad_model=str(vad_copy)) == []
+    assert changed(models_dir=str(linked_copy(models_dir, tmp_path / "models-elsewhere"))) == []
+    aligner = build_random_wav2vec2_ctc(tmp_path / "aligner", seed=1)
+    assert changed(align_model=str(aligner)) == ["wx-align", "wx-diar"]
+    assert changed(asr_backend="openai-whisper") == ["whisper"]
+    assert changed(beam_size=1) == ["whisper", "wx-asr", "wx-align", "wx-diar"]
+    assert runner.StageCache(wd, keys).dir("error") == runner.StageCache(wd, {}).dir("error")

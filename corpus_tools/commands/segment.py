@@ -55,7 +55,10 @@ def segment(
 
     Model outputs are cached per recording and stage, so all w-* methods come from one
     Whisper pass and all wx-* methods from one WhisperX pass; a rerun skips finished
-    recordings (a crash loses at most the recordings in flight).
+    recordings (a crash loses at most the recordings in flight). Each stage's cache is keyed
+    on the models it resolves to (their files, not just the option given), so installing
+    another model recomputes exactly the stages that use it; WORKDIR/cache/<stage>-*/settings.json
+    says which models made a cache.
     """
     import os
 
@@ -88,7 +91,9 @@ def segment(
         recs = runner.ok_recordings(wd)
         mine = [r for i, r in enumerate(recs) if i % num_shards == shard_index]
         stages = runner.stages_for(methods)
-        cache = runner.StageCache(wd, cfg)
+        models = ModelSet(cfg) if stages else None  # resolves what it will load; loads nothing yet
+        keys = models.stage_keys(stages) if models else {}
+        cache = runner.StageCache(wd, keys)
         if retry_failed:
             for r in mine:
                 cache.forget_failure(r["recording_id"])
@@ -99,9 +104,8 @@ def segment(
                 from corpus_tools.scale import run_segment_parallel
 
                 t_model = run_segment_parallel(mine, stages, wd, cfg, backend=backend, workers=workers,
-                                               address=ray_address)
+                                               address=ray_address, stage_keys=keys)
             else:
-                models = ModelSet(cfg)
                 with progress_bar() as bar:
                     task = bar.add_task("segment", total=len(mine), info="")
                     audio_done = 0.0
@@ -118,7 +122,8 @@ def segment(
             from corpus_tools.scale import record_segment_part
 
             record_segment_part(wd, shard_index, num_shards, methods, cfg,
-                                [r["recording_id"] for r in mine], [str(f) for f in phrase_files])
+                                [r["recording_id"] for r in mine], [str(f) for f in phrase_files],
+                                stage_keys=keys)
             stdout.print(f"part {shard_index}/{num_shards}: stages cached for {len(mine)} recordings; "
                          f"run `corpus merge {workdir}` (or segment without --num-shards) to write manifests")
             return

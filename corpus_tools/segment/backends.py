@@ -27,7 +27,8 @@ SR = 16_000
 
 @dataclass
 class SegmentConfig:
-    """Everything that decides what the models output (part of each stage's cache key)."""
+    """Everything that decides what the models output. A stage's cache key holds these
+    settings with the model options replaced by the models they resolve to (``stage_key``)."""
 
     whisper_model: str = "large-v2"
     asr_backend: str = "faster-whisper"  # or openai-whisper
@@ -56,26 +57,80 @@ class SegmentConfig:
             return self.compute_type
         return "float16" if self.resolved_device() == "cuda" else "int8"
 
-    def stage_key(self, stage: str) -> dict[str, Any]:
-        """The settings a stage's output depends on (its cache is invalid if they change)."""
-        base = {"language": self.language}
+    def whisper_kind(self) -> str:
+        """The model kind of the w-* stage's Whisper (wx-* always use CTranslate2)."""
+        kinds = {"faster-whisper": "whisper-ct2", "openai-whisper": "whisper-openai"}
+        if self.asr_backend not in kinds:
+            raise ValueError(f"unknown --asr-backend {self.asr_backend!r}: use faster-whisper or openai-whisper")
+        return kinds[self.asr_backend]
+
+    def requested_model(self, kind: str) -> str | None:
+        """The option given for a model kind (None: the default for the language)."""
+        return {"whisper-ct2": self.whisper_model, "whisper-openai": self.whisper_model,
+                "vad": self.vad_model, "align": self.align_model, "diarization": self.diarize_model}[kind]
+
+    def model_kinds(self, stage: str) -> tuple[str, ...]:
+        """The models a stage's output depends on: those of the stage it builds on, then its own."""
+        own = {"vad": ("vad",), "whisper": (self.whisper_kind(),), "wx-asr": ("whisper-ct2", "vad"),
+               "wx-align": ("align",), "wx-diar": ("diarization",)}
+        if stage not in own:
+            raise KeyError(stage)
+        base = BUILDS_ON.get(stage)
+        return (*(self.model_kinds(base) if base else ()), *own[stage])
+
+    def stage_key(self, stage: str, models: dict[str, dict]) -> dict[str, Any]:
+        """The settings and models a stage's output depends on (its cache is invalid if they
+        change). ``models`` maps model kinds to ``corpus_tools.models.identify`` records;
+        the key holds those of :meth:`model_kinds`, so it contains the key of the stage it
+        builds on."""
         if stage == "error":  # decode failures do not depend on model settings
             return {}
+        base = {"language": self.language}
         if stage == "vad":
-            return {"vad_model": self.vad_model}
-        if stage == "whisper":
-            return {**base, "whisper_model": self.whisper_model, "backend": self.asr_backend,
-                    "beam_size": self.beam_size,
-                    # only when on: caches made before the option existed are word_timestamps=False
-                    **({"word_timestamps": True} if self.word_timestamps else {})}
-        if stage == "wx-asr":
-            return {**base, "whisper_model": self.whisper_model, "vad_model": self.vad_model,
-                    "beam_size": self.beam_size}
-        if stage == "wx-align":
-            return {**self.stage_key("wx-asr"), "align_model": self.align_model}
-        if stage == "wx-diar":
-            return {**self.stage_key("wx-align"), "diarize_model": self.diarize_model}
-        raise KeyError(stage)
+            settings: dict[str, Any] = {}
+        elif stage == "whisper":
+            settings = {**base, "backend": self.asr_backend, "beam_size": self.beam_size,
+                        # only when on: caches made before the option existed are word_timestamps=False
+                        **({"word_timestamps": True} if self.word_timestamps else {})}
+        elif stage == "wx-asr":
+            settings = {**base, "beam_size": self.beam_size}
+        elif stage in BUILDS_ON:
+            settings = {k: v for k, v in self.stage_key(BUILDS_ON[stage], models).items() if k != "models"}
+        else:
+            raise KeyError(stage)
+        return {**settings, "models": {kind: models[kind] for kind in self.model_kinds(stage)}}
+
+
+#: the stage whose output a stage starts from (its cache key contains that stage's key)
+BUILDS_ON = {"wx-align": "wx-asr", "wx-diar": "wx-align"}
+
+
+def resolve_model(cfg: SegmentConfig, kind: str):
+    """What the loaders load for a model kind: the option, else the language's default, found
+    by ``corpus_tools.models`` (a ``Resolved``; nothing is loaded)."""
+    m = _models()
+    name = cfg.requested_model(kind) or m.default_model(kind, cfg.language, cfg.models_dir)
+    return m.locate(kind, name, cfg.models_dir)
+
+
+def resolve_stage_keys(cfg: SegmentConfig, stages, resolve=None) -> dict[str, dict]:
+    """The cache key of each stage and of the stages it builds on: its settings plus the
+    identity of every model it depends on, resolved as the loaders resolve them (``resolve``:
+    kind -> ``Resolved``, default :func:`resolve_model`; ``ModelSet.resolved`` makes them the
+    very models that process loads)."""
+    resolve = resolve or (lambda kind: resolve_model(cfg, kind))
+    identities: dict[str, dict] = {}
+    keys: dict[str, dict] = {}
+    for stage in stages:
+        chain = [stage]
+        while chain[-1] in BUILDS_ON:
+            chain.append(BUILDS_ON[chain[-1]])
+        for s in reversed(chain):
+            for kind in cfg.model_kinds(s):
+                if kind not in identities:
+                    identities[kind] = _models().identify(resolve(kind))
+            keys[s] = cfg.stage_key(s, identities)
+    return keys
 
 
 _SAMPLING_AWARE_WHISPER = None
@@ -114,6 +169,7 @@ class ModelSet:
 
     cfg: SegmentConfig
     _cache: dict[str, Any] = field(default_factory=dict)
+    _resolved: dict[str, Any] = field(default_factory=dict)
     _fw_threads: int | None = None
 
     def __post_init__(self):
@@ -124,9 +180,22 @@ class ModelSet:
             self._cache[key] = loader()
         return self._cache[key]
 
+    def resolved(self, kind: str):
+        """What this process loads for a model kind, resolved once: the stage keys and the
+        loaders both use it, so a cache key always names the model that was loaded."""
+        if kind not in self._resolved:
+            self._resolved[kind] = resolve_model(self.cfg, kind)
+        return self._resolved[kind]
+
+    def stage_keys(self, stages) -> dict[str, dict]:
+        return resolve_stage_keys(self.cfg, stages, self.resolved)
+
+    def _target(self, kind: str) -> str:
+        return str(self.resolved(kind).target)
+
     # -- models --------------------------------------------------------------------
     def whisper_ct2_path(self) -> str:
-        return str(_models().resolve("whisper-ct2", self.cfg.whisper_model, self.cfg.models_dir))
+        return self._target("whisper-ct2")
 
     def faster_whisper(self):
         """One CTranslate2 Whisper for both passes: WhisperX's subclass of faster-whisper's
@@ -159,12 +228,11 @@ class ModelSet:
 
     def openai_whisper(self):
         c = self.cfg
-        return self._get("ow", lambda: _models().load_openai_whisper(c.whisper_model, c.resolved_device(), c.models_dir))
+        return self._get("ow", lambda: _models().load_openai_whisper(
+            self._target("whisper-openai"), c.resolved_device(), c.models_dir))
 
     def vad_path(self) -> str:
-        m = _models()
-        name = self.cfg.vad_model or m.default_model("vad", self.cfg.language, self.cfg.models_dir)
-        return str(m.resolve("vad", name, self.cfg.models_dir))
+        return self._target("vad")
 
     def vad_pipeline(self):
         def load():
@@ -194,12 +262,12 @@ class ModelSet:
     def align_model(self):
         c = self.cfg
         return self._get("align", lambda: _models().load_align_model(
-            c.align_model, c.language, c.resolved_device(), c.models_dir))
+            self._target("align"), c.language, c.resolved_device(), c.models_dir))
 
     def diarizer(self):
         c = self.cfg
         return self._get("diar", lambda: _models().load_diarization_pipeline(
-            c.diarize_model, c.resolved_device(), models_dir=c.models_dir))
+            self._target("diarization"), c.resolved_device(), models_dir=c.models_dir))
 
 
 # -- stages -----------------------------------------------------------------------------

@@ -10,10 +10,15 @@ Model work is organised as *stages* whose outputs are cached per recording:
     wx-diar*   → wx-asr → wx-align → wx-diar
 
 Each stage output is written atomically to ``cache/<stage>-<key>/<recording>.json`` as soon
-as it exists, where ``<key>`` hashes the settings the stage depends on. A rerun (or a run
-after ``kill -9``) therefore recomputes only recordings in flight, and asking for
-``wx-diar-3s`` after ``wx-diar`` costs no inference. Manifests are then assembled from the
-caches by pure functions and written atomically.
+as it exists, where ``<key>`` hashes the settings the stage depends on and the identity of
+every model it uses, as resolved before anything is loaded (``backends.resolve_stage_keys``):
+the files' fingerprint, or what the library publishes under a name it downloads. The key of
+``wx-align`` contains that of ``wx-asr``, and ``wx-diar`` that of ``wx-align``, so a new
+aligner recomputes ``wx-align`` and ``wx-diar`` but not ``wx-asr``. Each folder's
+``settings.json`` records the key with the models' names, sources and paths. A rerun (or a
+run after ``kill -9``) therefore recomputes only recordings in flight and stages whose model
+changed, and asking for ``wx-diar-3s`` after ``wx-diar`` costs no inference. Manifests are
+then assembled from the caches by pure functions and written atomically.
 """
 
 from __future__ import annotations
@@ -74,12 +79,19 @@ def stages_for(methods: list[str]) -> list[str]:
 
 
 class StageCache:
-    def __init__(self, workdir: WorkDir, cfg: SegmentConfig):
-        self.wd, self.cfg = workdir, cfg
+    """Stage outputs per recording, in one folder per stage and key (``keys``: stage ->
+    ``SegmentConfig.stage_key`` record, as ``backends.resolve_stage_keys`` returns them)."""
+
+    def __init__(self, workdir: WorkDir, keys: dict[str, dict]):
+        self.wd, self.keys = workdir, {"error": {}, **keys}
+
+    def key(self, stage: str) -> dict:
+        if stage not in self.keys:
+            raise KeyError(f"stage {stage!r} has no resolved cache key (see backends.resolve_stage_keys)")
+        return self.keys[stage]
 
     def dir(self, stage: str) -> Path:
-        key = json.dumps(self.cfg.stage_key(stage), sort_keys=True)
-        return self.wd.cache_dir(f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:10]}")
+        return self.wd.cache_dir(f"{stage}-{key_digest(self.key(stage))}")
 
     def path(self, stage: str, rid: str) -> Path:
         return self.dir(stage) / f"{_safe(rid)}.json"
@@ -102,8 +114,37 @@ class StageCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         if not (p.parent / "settings.json").exists():
             _atomic_write(p.parent / "settings.json", json.dumps(
-                {"stage": stage, **self.cfg.stage_key(stage)}, indent=1))
+                {"stage": stage, **self.key(stage)}, indent=1, ensure_ascii=False))
         _atomic_write(p, json.dumps(data, ensure_ascii=False))
+
+
+def key_digest(key: dict) -> str:
+    """The folder suffix of a stage key: a hash of its settings and of what decides each
+    model's outputs (``models.identity_key``: content, not place), so the same files found
+    elsewhere share the cache and changed files get a new one."""
+    from corpus_tools.models import identity_key
+
+    hashed = {k: v for k, v in key.items() if k != "models"}
+    if "models" in key:
+        hashed["models"] = {kind: identity_key(ident) for kind, ident in key["models"].items()}
+    return hashlib.sha1(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def key_differences(a: dict, b: dict) -> str:
+    """What differs between two keys of one stage, for error messages."""
+    from corpus_tools.models import identity_key
+
+    def show(ident: dict | None) -> str:
+        if ident is None:
+            return "none"
+        k = identity_key(ident)
+        return f"{ident.get('name')} ({k.get('fingerprint', k.get('published'))[:19]})"
+
+    ma, mb = a.get("models", {}), b.get("models", {})
+    models = [f"{kind} {show(ma.get(kind))} vs {show(mb.get(kind))}" for kind in sorted(set(ma) | set(mb))
+              if (ma.get(kind) and identity_key(ma[kind])) != (mb.get(kind) and identity_key(mb[kind]))]
+    settings = [k for k in sorted(set(a) | set(b)) if k != "models" and a.get(k) != b.get(k)]
+    return "; ".join(models + ([f"settings {', '.join(settings)}"] if settings else [])) or "nothing"
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -235,7 +276,8 @@ def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str]
     df = pl.DataFrame(rows, schema=SEGMENTS_SCHEMA) if rows else pl.DataFrame(schema=SEGMENTS_SCHEMA)
     total = sum(float(r["duration"] or 0.0) for r in recs)
     drops = {"total_seconds": total, "kept_seconds": float(df["duration"].sum()) if df.height else 0.0,
-             "failed_seconds": failed_s, "rules_seconds": log.seconds, "rules_counts": log.counts}
+             "failed_seconds": failed_s, "rules_seconds": log.seconds, "rules_counts": log.counts,
+             "models": cache.key(METHOD_STAGES[method][-1])["models"] if METHOD_STAGES[method] else {}}
     return df, drops
 
 
