@@ -133,7 +133,7 @@ def test_unknown_method_and_missing_workdir(tmp_path):
     assert res.exit_code != 0 and "corpus ingest" in res.output
 
 
-def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkeypatch):
+def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkeypatch, models_dir):
     """`--phrase-list` adds to the language's list, `--no-default-phrases` replaces it, and the
     method's drops.json names the files used (no recordings needed: the lists are the point)."""
     from corpus_tools.manifests import RECORDINGS_SCHEMA, write_recordings
@@ -143,6 +143,7 @@ def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkey
     write_recordings(pl.DataFrame(schema=RECORDINGS_SCHEMA), wd.recordings)
     extra = tmp_path / "eigen.txt"
     extra.write_text("reclame\n", encoding="utf-8")
+    models = ["--whisper-model", "base", "--models-dir", str(models_dir)]  # stage keys name the models
     seen = []
     real = runner.assemble
     monkeypatch.setattr(runner, "assemble", lambda m, recs, cache, phrases, lang: seen.append(phrases)
@@ -150,7 +151,7 @@ def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkey
     for extra_args, files in [([], [PHRASES_DIR / "nl.txt"]),
                               (["--phrase-list", str(extra)], [PHRASES_DIR / "nl.txt", extra]),
                               (["--phrase-list", str(extra), "--no-default-phrases"], [extra])]:
-        res = cli.invoke(app, ["segment", str(wd.root), "--method", "w-pp-3s", *extra_args])
+        res = cli.invoke(app, ["segment", str(wd.root), "--method", "w-pp-3s", *models, *extra_args])
         assert res.exit_code == 0, res.output
         drops = json.loads((wd.segments_dir / "w-pp-3s.drops.json").read_text())
         assert drops["phrase_lists"] == [str(f) for f in files]
@@ -158,9 +159,6 @@ def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkey
     assert "muziek" in seen[1] and "reclame" in seen[1] and seen[2] == {"reclame"}
     res = cli.invoke(app, ["segment", str(wd.root), "--method", "w-pp-3s", "--phrase-list", str(tmp_path / "no.txt")])
     assert res.exit_code != 0 and "phrase list not found" in res.output
-
-
-def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path):
 
 
 def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path, models_dir):
