@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "stats",
     "shard",
     "importers",
+    "holdout",
     "simulate",
     "stem",
     "models",

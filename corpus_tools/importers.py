@@ -19,6 +19,10 @@ fma             ``fma_*/NNN/NNNNNN.mp3`` + ``fma_metadata/tracks.csv`` (three he
 
 Every utterance/clip is one segment spanning its whole file (``start = 0``), with the
 duration read from the file header (soundfile; FFmpeg for the rest).
+
+Speech importers write ``split`` = ``train`` | ``dev`` | ``test`` from the corpus' own layout
+(null when the layout names none); ``corpus shard`` and ``corpus simulate`` write training
+shards from train rows only (``corpus_tools.splits``). MUSAN and FMA clips have no split.
 """
 
 from __future__ import annotations
@@ -140,6 +144,12 @@ def _pipe_table(path: Path, columns: Sequence[str]) -> dict[str, dict[str, str]]
     return out
 
 
+def _layout_split(folder: str) -> str | None:
+    """train | dev | test from a split folder's name (train-clean-100, dev, test_other, ...)."""
+    m = re.match(r"^(train|dev|test)(?:[-_.]|$)", folder.lower())
+    return m.group(1) if m else None
+
+
 # -- LibriSpeech --------------------------------------------------------------------------
 
 
@@ -148,7 +158,8 @@ def import_librispeech(root: str | os.PathLike, *, workers: int = 4,
     """LibriSpeech (any split folder, or the root holding several).
 
     Columns: speaker, session = chapter id, text, language ``en``; extras ``chapter``,
-    ``subset`` (e.g. train-clean-100) and ``gender`` (from SPEAKERS.TXT when found).
+    ``subset`` (e.g. train-clean-100), ``split`` (train-* → train, dev-* → dev, test-* →
+    test, null for other folder names) and ``gender`` (from SPEAKERS.TXT when found).
     """
     root = _require_dir(root, "librispeech")
     trans = sorted(root.rglob("*.trans.txt"))
@@ -178,6 +189,7 @@ def import_librispeech(root: str | os.PathLike, *, workers: int = 4,
             rows.append({"segment_id": utt, "recording_id": utt, "path": str(audio.resolve()),
                          "text": text.strip(), "speaker": spk, "language": "en",
                          "session": chapter, "chapter": chapter, "subset": subset,
+                         "split": _layout_split(subset),
                          "gender": (speakers.get(spk) or {}).get("sex")})
     if missing:
         log.warning("librispeech: %d transcript lines have no audio file", missing)
@@ -201,7 +213,8 @@ def import_mls(root: str | os.PathLike, *, language: str | None = None,
     """Multilingual LibriSpeech (e.g. ``mls_dutch``; flac or opus release).
 
     ``root`` holds ``train``/``dev``/``test`` folders (or is one of them). Columns:
-    speaker, session = ``SPK_BOOK``, text; extras ``book``, ``split``, ``gender``.
+    speaker, session = ``SPK_BOOK``, text; extras ``book``, ``split`` (the folder: train, dev
+    or test), ``gender``.
     The language comes from ``language`` or the folder name (mls_dutch → nl).
     """
     root = _require_dir(root, "mls")
@@ -235,7 +248,8 @@ def import_mls(root: str | os.PathLike, *, language: str | None = None,
                 continue
             rows.append({"segment_id": utt, "recording_id": utt, "path": str(audio.resolve()),
                          "text": text.strip(), "speaker": spk, "language": language,
-                         "session": f"{spk}_{book}", "book": book, "split": split_dir.name,
+                         "session": f"{spk}_{book}", "book": book,
+                         "split": _layout_split(split_dir.name),
                          "gender": (meta.get(spk) or {}).get("gender")})
     if missing:
         log.warning("mls: %d transcript lines have no audio file", missing)
@@ -258,10 +272,13 @@ def import_commonvoice(root: str | os.PathLike, *, splits: Sequence[str] = CV_DE
                        progress: bool = False) -> pl.DataFrame:
     """Common Voice (v18 layout): ``root`` is a language folder with ``*.tsv`` + ``clips/``.
 
-    A clip listed in several tsv files is kept once (first split in ``splits`` order).
+    A clip listed in several tsv files is kept once (first tsv in ``splits`` order), its tsv
+    in ``cv_list``. ``split``: a clip listed in ``dev.tsv`` / ``test.tsv`` is dev / test
+    wherever else it is listed (``validated.tsv`` holds dev and test clips too), so those two
+    files are read even when not asked for; every other clip is train.
     Columns: speaker = client_id, text = sentence, language = locale (or the folder name);
-    extras ``split``, ``gender``, ``age``, ``accents``, ``variant``, ``up_votes``,
-    ``down_votes``, ``sentence_id``.
+    extras ``split``, ``cv_list``, ``gender``, ``age``, ``accents``, ``variant``,
+    ``up_votes``, ``down_votes``, ``sentence_id``.
     """
     root = _require_dir(root, "commonvoice")
     if not (root / "clips").is_dir():
@@ -282,17 +299,29 @@ def import_commonvoice(root: str | os.PathLike, *, splits: Sequence[str] = CV_DE
                     known[str((root / "clips" / clip).resolve())] = float(ms) / 1000.0
                 except (TypeError, ValueError):
                     continue
+    tables: dict[str, pl.DataFrame] = {}
+
+    def table(name: str) -> pl.DataFrame | None:
+        tsv = root / f"{name}.tsv"
+        if name not in tables and tsv.is_file():
+            tables[name] = _read_tsv(tsv)
+            if "path" not in tables[name].columns or "sentence" not in tables[name].columns:
+                raise CorpusLayoutError(f"{tsv} lacks the Common Voice columns path/sentence")
+        return tables.get(name)
+
+    held_out = {}  # clip -> dev | test (test wins should a clip be in both)
+    for name in ("dev", "test"):
+        t = table(name)
+        if t is not None:
+            held_out.update((clip, name) for clip in t["path"].to_list() if clip)
     rows, seen, missing = [], set(), 0
     found_any = False
     for split in splits:
-        tsv = root / f"{split}.tsv"
-        if not tsv.is_file():
-            log.warning("commonvoice: %s not found; skipped", tsv.name)
+        df = table(split)
+        if df is None:
+            log.warning("commonvoice: %s.tsv not found; skipped", split)
             continue
         found_any = True
-        df = _read_tsv(tsv)
-        if "path" not in df.columns or "sentence" not in df.columns:
-            raise CorpusLayoutError(f"{tsv} lacks the Common Voice columns path/sentence")
         for r in df.iter_rows(named=True):
             clip = r["path"]
             if not clip or clip in seen:
@@ -306,7 +335,8 @@ def import_commonvoice(root: str | os.PathLike, *, splits: Sequence[str] = CV_DE
                          "path": str(audio.resolve()), "text": r.get("sentence") or "",
                          "speaker": r.get("client_id"),
                          "language": r.get("locale") or language or root.name,
-                         "session": r.get("client_id"), "split": split,
+                         "session": r.get("client_id"), "split": held_out.get(clip, "train"),
+                         "cv_list": split,
                          **{k: r.get(k) for k in ("gender", "age", "accents", "variant",
                                                   "up_votes", "down_votes", "sentence_id")}})
     if not found_any:

@@ -463,7 +463,7 @@ def write_shards_ray(segments_df, out_dir: str | os.PathLike, *, address: str | 
 
     out = Path(out_dir)
     plan_opts = {k: opts[k] for k in ("samples_per_shard", "max_shard_bytes", "strategy", "seed",
-                                      "prefix") if k in opts}
+                                      "prefix", "split") if k in opts}
     specs = sh.plan_shards(segments_df, **plan_opts)
     fmt = opts.get("fmt", "wav")
     if fmt not in sh.FORMATS:

@@ -25,6 +25,9 @@ Guarantees:
   never leaves a truncated tar under a final name.
 * **Exact hours** — each segment holds ``round(duration * 16000)`` frames (the decoded
   range trimmed or zero-padded to that), and the index's hours are the manifest's.
+* **Training data only, unless asked** — ``split="train"`` (the default) writes the rows
+  whose ``split`` is null or train; dev and test rows need ``split="dev"|"test"|"all"``
+  (:func:`corpus_tools.splits.select_segments`). A row's split is a top-level json key.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ import numpy as np
 import polars as pl
 
 from corpus_tools.manifests import SEGMENTS_SCHEMA, ManifestError, validate, write_parquet_atomic
+from corpus_tools.splits import canonical, select_segments
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,9 @@ def _sample_json(row: dict, key: str, num_frames: int, duration: float, extra: l
         "start": row.get("start"),
         "end": row.get("end"),
     }
-    ext = {c: _clean(row.get(c)) for c in extra if c not in meta}
+    if row.get("split") is not None:  # top level, where the simulation and readers look
+        meta["split"] = canonical(row["split"])
+    ext = {c: _clean(row.get(c)) for c in extra if c not in meta and c != "split"}
     if ext:
         meta["extra"] = ext
     return meta
@@ -185,8 +191,10 @@ def prepare_segments(segments: pl.DataFrame) -> pl.DataFrame:
 
 def plan_shards(segments: pl.DataFrame, *, samples_per_shard: int = 5000,
                 max_shard_bytes: int | None = None, strategy: str = "length_sorted",
-                seed: int = 0, prefix: str = "shard") -> list[ShardSpec]:
+                seed: int = 0, prefix: str = "shard", split: str = "train") -> list[ShardSpec]:
     """Decide which segment goes to which shard (deterministic; nothing is decoded).
+
+    Only the rows of ``split`` (train | dev | test | all; null counts as train) are planned.
 
     ``length_sorted`` sorts by length (ties by key) and cuts consecutive blocks, so each
     shard is a length bin (little padding when batching, as nanow2v2); ``random``
@@ -198,7 +206,7 @@ def plan_shards(segments: pl.DataFrame, *, samples_per_shard: int = 5000,
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if samples_per_shard < 1:
         raise ValueError("samples_per_shard must be at least 1")
-    df = prepare_segments(segments)
+    df, _ = select_segments(prepare_segments(segments), split)
     extra = [c for c in df.columns if c not in SEGMENTS_SCHEMA]
     rows = df.to_dicts()
     keys = safe_keys([r["segment_id"] for r in rows])
@@ -468,8 +476,10 @@ def write_shards(segments_df: pl.DataFrame, out_dir: str | os.PathLike, *,
                  strategy: str = "length_sorted", fmt: str = "wav", seed: int = 0,
                  prefix: str = "shard", workers: int = 1, progress: bool = True,
                  num_shards: int = 1, shard_index: int = 0,
-                 overwrite: bool = False) -> pl.DataFrame:
-    """Cut every segment from its recording and write tar shards plus an index.
+                 overwrite: bool = False, split: str = "train") -> pl.DataFrame:
+    """Cut every segment of ``split`` from its recording and write tar shards plus an index.
+
+    ``split``: train (default: rows whose split is null or train), dev, test or all.
 
     Resumes: shards whose marker matches the plan are kept, the rest are (re)written.
     ``num_shards``/``shard_index`` write only shards with ``idx % num_shards ==
@@ -486,7 +496,7 @@ def write_shards(segments_df: pl.DataFrame, out_dir: str | os.PathLike, *,
     out = Path(out_dir)
     specs = plan_shards(segments_df, samples_per_shard=samples_per_shard,
                         max_shard_bytes=max_shard_bytes, strategy=strategy, seed=seed,
-                        prefix=prefix)
+                        prefix=prefix, split=split)
     fingerprint = plan_fingerprint(specs, fmt)
     out.mkdir(parents=True, exist_ok=True)
     _check_out_dir(out, fingerprint, prefix, overwrite)

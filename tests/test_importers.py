@@ -40,24 +40,31 @@ def check_manifest(df: pl.DataFrame, n: int, method: str) -> None:
 # -- LibriSpeech ----------------------------------------------------------------------------
 
 
+LS_SPEAKERS_TXT = ("; ID  |SEX| SUBSET           |MINUTES| NAME\n"
+                   "19    | F | train-clean-100  | 25.19 | Kara Shallenberg\n"
+                   "26    | M | train-clean-100  | 25.08 | Denny Sayers\n")
+
+
+def build_librispeech(root: Path, subsets: dict[str, dict[tuple[str, str], list[str]]]) -> Path:
+    """A LibriSpeech root: ``{subset: {(speaker, chapter): [transcript, ...]}}`` → tone flacs
+    (1 s, 1.5 s, 2 s, ...) + ``SPEAKER-CHAPTER.trans.txt`` per chapter, and SPEAKERS.TXT."""
+    for subset, chapters in subsets.items():
+        for (spk, ch), texts in chapters.items():
+            folder = root / subset / spk / ch
+            lines = []
+            for i, text in enumerate(texts):
+                uid = f"{spk}-{ch}-{i:04d}"
+                tone(folder / f"{uid}.flac", 1.0 + 0.5 * i)
+                lines.append(f"{uid} {text}")
+            (folder / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
+    (root / "SPEAKERS.TXT").write_text(LS_SPEAKERS_TXT)
+    return root
+
+
 @pytest.fixture(scope="module")
 def librispeech(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ls") / "LibriSpeech"
-    split = root / "dev-clean"
-    utts = {("19", "198"): ["HELLO WORLD", "SECOND ONE"], ("26", "495"): ["THIRD UTTERANCE"]}
-    for (spk, ch), texts in utts.items():
-        folder = split / spk / ch
-        lines = []
-        for i, text in enumerate(texts):
-            uid = f"{spk}-{ch}-{i:04d}"
-            tone(folder / f"{uid}.flac", 1.0 + 0.5 * i)
-            lines.append(f"{uid} {text}")
-        (folder / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
-    (root / "SPEAKERS.TXT").write_text(
-        "; ID  |SEX| SUBSET           |MINUTES| NAME\n"
-        "19    | F | train-clean-100  | 25.19 | Kara Shallenberg\n"
-        "26    | M | train-clean-100  | 25.08 | Denny Sayers\n")
-    return root
+    return build_librispeech(tmp_path_factory.mktemp("ls") / "LibriSpeech", {"dev-clean": {
+        ("19", "198"): ["HELLO WORLD", "SECOND ONE"], ("26", "495"): ["THIRD UTTERANCE"]}})
 
 
 def test_librispeech(librispeech):
@@ -146,13 +153,15 @@ def test_commonvoice(commonvoice):
     row = df.filter(pl.col("segment_id") == "common_voice_nl_1").row(0, named=True)
     assert row["text"] == 'Hij zei "hallo" tegen mij.'
     assert row["speaker"] == "spkA" and row["language"] == "nl" and row["split"] == "train"
+    assert row["cv_list"] == "train"
     assert row["gender"] == "female_feminine"
     assert row["duration"] == pytest.approx(1.0, abs=0.1)  # probed (mp3 padding aside)
     assert df.filter(pl.col("segment_id") == "common_voice_nl_2")["duration"][0] == 1.5
     # validated overlaps train: kept once
     both = imp.import_commonvoice(commonvoice, splits=["validated", "train", "dev"])
     assert both.height == 3
-    assert both.filter(pl.col("segment_id") == "common_voice_nl_1")["split"][0] == "validated"
+    clip1 = both.filter(pl.col("segment_id") == "common_voice_nl_1").row(0, named=True)
+    assert clip1["cv_list"] == "validated" and clip1["split"] == "train"
 
 
 # -- MUSAN ----------------------------------------------------------------------------------
@@ -254,7 +263,11 @@ def test_cli_import_then_shard(librispeech, commonvoice, tmp_path):
                               "--no-progress"])
     assert res.exit_code == 0, res.output
     assert read_segments(out).height == 3
+    # dev-clean rows are not training data: sharded only when asked for
     res = runner.invoke(app, ["shard", str(out), "-o", str(tmp_path / "shards"), "--no-progress"])
+    assert res.exit_code != 0 and "--split dev" in res.output
+    res = runner.invoke(app, ["shard", str(out), "-o", str(tmp_path / "shards"), "--split", "dev",
+                              "--no-progress"])
     assert res.exit_code == 0, res.output
     tar = next((tmp_path / "shards").glob("*.tar"))
     with tarfile.open(tar) as tf:
@@ -271,8 +284,9 @@ def test_cli_import_then_shard(librispeech, commonvoice, tmp_path):
                               "flac", "--no-progress"])
     assert res.exit_code == 0, res.output
     index = pl.read_parquet(tmp_path / "cvshards" / "shards.parquet")
-    assert index["count"].sum() == 3
-    assert index["hours"].sum() == pytest.approx(read_segments(cv)["duration"].sum() / 3600)
+    train = read_segments(cv).filter(pl.col("split") == "train")  # the dev.tsv clip stays out
+    assert index["count"].sum() == train.height == 2
+    assert index["hours"].sum() == pytest.approx(train["duration"].sum() / 3600)
     # a bad directory: one-line error, non-zero exit
     res = runner.invoke(app, ["import", "mls", str(tmp_path / "nope"), "-o", str(tmp_path / "x.parquet")])
     assert res.exit_code != 0 and "Traceback" not in res.output

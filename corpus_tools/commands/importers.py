@@ -57,7 +57,7 @@ def librispeech(
 ) -> None:
     """LibriSpeech: SPEAKER/CHAPTER/SPEAKER-CHAPTER-UTT.flac + SPEAKER-CHAPTER.trans.txt.
 
-    speaker, session = chapter, transcript; gender from SPEAKERS.TXT when present.
+    speaker, session = chapter, transcript; gender from SPEAKERS.TXT when present; split = train/dev/test from the subset folder (train-clean-100 → train, dev-clean → dev, ...).
     """
     _run("librispeech", out, root=root, workers=workers, progress=progress)
 
@@ -80,7 +80,9 @@ def mls(
 def commonvoice(
     root: Annotated[Path, typer.Argument(help="A Common Voice language folder (cv-corpus-18.0-.../nl) with *.tsv and clips/.")],
     out: OutOpt,
-    splits: Annotated[str, typer.Option(help="Comma-separated tsv files to read, in priority order.")] = "train,dev,test",
+    splits: Annotated[str, typer.Option(help="Comma-separated tsv files to read, in priority order (the tsv "
+                                             "goes in column cv_list). Column split is dev/test for clips in "
+                                             "dev.tsv/test.tsv, read for this in any case, train otherwise.")] = "train,dev,test",
     language: Annotated[Optional[str], typer.Option(help="Language tag when the tsv has no locale column.")] = None,
     workers: WorkersOpt = 4,
     progress: ProgressOpt = True,

@@ -56,22 +56,31 @@ def shard(
     shard_index: Annotated[int, typer.Option("--shard-index", min=0, help="I of --num-shards.")] = 0,
     overwrite: Annotated[bool, typer.Option(
         help="Replace shards of a different manifest/options already in OUT.")] = False,
+    split: Annotated[str, typer.Option(
+        help="Rows to shard by their split column: train (rows whose split is train or "
+             "unknown), dev, test or all. Training shards never hold dev/test data unless "
+             "asked for here.")] = "train",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Cut each segment from its recording (16 kHz mono) and write WebDataset tar shards.
 
     Output: PREFIX.NNNNNN.tar shards holding {key}.json + {key}.wav|flac per utterance (readable by `webdataset`, plain `tar` and nanow2v2), shards.parquet (per shard: count, hours, min/max duration, bytes, sha256) and _shard_distribution.csv.
 
+    Only training rows are written by default: rows whose split (as `corpus import` writes it) is dev or test are left out and counted; --split dev|test|all writes them.
+
     The same manifest and options give byte-identical shards. An interrupted run resumes at the first unfinished shard when rerun with the same arguments.
     """
     from corpus_tools.manifests import read_segments, resolve_segments_source
     from corpus_tools.progress import fail, stdout, user_errors
     from corpus_tools.shards import FORMATS, STRATEGIES, write_shards
+    from corpus_tools.splits import CHOICES, select_segments
 
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"use one of {', '.join(STRATEGIES)}", param_hint="--strategy")
     if fmt not in FORMATS:
         raise typer.BadParameter(f"use one of {', '.join(FORMATS)}", param_hint="--format")
+    if split not in CHOICES:
+        raise typer.BadParameter(f"use one of {', '.join(CHOICES)}", param_hint="--split")
     if backend not in ("local", "ray"):
         raise typer.BadParameter("use local or ray", param_hint="--backend")
     if shard_index >= num_shards:
@@ -82,6 +91,11 @@ def shard(
         segments = read_segments(manifest)
         if segments.height == 0:
             raise fail(f"{manifest} holds no segments")
+        kept, left = select_segments(segments, split)
+        if kept.height == 0:
+            raise fail(f"{manifest} holds no {split} segments: {left.message()}")
+        if left:
+            stdout.print(left.message())
         if backend == "ray":
             if num_shards > 1:
                 raise fail("--backend ray already spreads the shards over the cluster; "
@@ -92,12 +106,13 @@ def shard(
                                      workers=workers if workers > 1 else 0, overwrite=overwrite,
                                      progress=progress, samples_per_shard=samples_per_shard,
                                      max_shard_bytes=max_bytes, strategy=strategy, fmt=fmt,
-                                     seed=seed, prefix=prefix)
+                                     seed=seed, prefix=prefix, split=split)
         else:
             index = write_shards(segments, out, samples_per_shard=samples_per_shard,
                                  max_shard_bytes=max_bytes, strategy=strategy, fmt=fmt, seed=seed,
                                  prefix=prefix, workers=workers, progress=progress,
-                                 num_shards=num_shards, shard_index=shard_index, overwrite=overwrite)
+                                 num_shards=num_shards, shard_index=shard_index, overwrite=overwrite,
+                                 split=split)
     hours = float(index["hours"].sum()) if index.height else 0.0
     gb = float(index["bytes"].sum()) / 1e9 if index.height else 0.0
     stdout.print(f"{index.height} shards ({int(index['count'].sum()) if index.height else 0} "

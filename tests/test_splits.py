@@ -1,0 +1,255 @@
+"""Dev and test data are never degraded and never written into training shards.
+
+A LibriSpeech root with train-clean-100, dev-clean and test-clean folders (the builder of
+tests/test_importers.py) goes through the importers, `corpus shard`, `corpus simulate` and the
+online Simulator; `corpus holdout` makes a validation split for corpora without one.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from corpus_tools import importers as imp
+from corpus_tools.cli import app
+from corpus_tools.manifests import read_segments
+from test_importers import CV_HEADER, build_librispeech, tone
+
+SR = 16_000
+LS_SUBSETS = {
+    "train-clean-100": {("19", "198"): ["HELLO WORLD", "SECOND ONE", "THIRD ONE"],
+                        ("26", "495"): ["FOURTH", "FIFTH"], ("27", "123"): ["SIXTH ALONE"]},
+    "dev-clean": {("84", "121"): ["DEV ONE", "DEV TWO"], ("174", "50"): ["DEV THREE"]},
+    "test-clean": {("61", "70"): ["TEST ONE", "TEST TWO"], ("121", "127"): ["TEST THREE"]},
+}
+
+
+def ids_of(subset: str) -> set[str]:
+    return {f"{spk}-{ch}-{i:04d}" for (spk, ch), texts in LS_SUBSETS[subset].items()
+            for i in range(len(texts))}
+
+
+TRAIN, DEV, TEST = ids_of("train-clean-100"), ids_of("dev-clean"), ids_of("test-clean")
+
+
+@pytest.fixture(scope="module")
+def ls_root(tmp_path_factory) -> Path:
+    return build_librispeech(tmp_path_factory.mktemp("lsroot") / "LibriSpeech", LS_SUBSETS)
+
+
+@pytest.fixture(scope="module")
+def ls_manifest(ls_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("lsman") / "ls.parquet"
+    res = CliRunner().invoke(app, ["import", "librispeech", str(ls_root), "-o", str(out),
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def shard_members(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    """json id -> (audio, json) of every utterance in the folder's tar shards."""
+    out: dict[str, list] = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                key, ext = m.name.split(".", 1)
+                data = tar.extractfile(m).read()
+                slot = out.setdefault(key, [None, None])
+                if ext == "json":
+                    slot[1] = json.loads(data)
+                else:
+                    slot[0] = sf.read(io.BytesIO(data), dtype="float32")[0]
+    return {meta["id"]: (audio, meta) for audio, meta in out.values()}
+
+
+def one_line(output: str) -> str:
+    return " ".join(output.replace("│", " ").split())
+
+
+# -- importers ------------------------------------------------------------------------------
+
+
+def test_librispeech_split_from_the_subset_folder(ls_root):
+    df = imp.import_librispeech(ls_root)
+    got = dict(zip(df["segment_id"], df["split"]))
+    assert {k for k, v in got.items() if v == "train"} == TRAIN
+    assert {k for k, v in got.items() if v == "dev"} == DEV
+    assert {k for k, v in got.items() if v == "test"} == TEST
+    assert dict(zip(df["segment_id"], df["subset"]))["84-121-0001"] == "dev-clean"
+    assert set(imp.import_librispeech(ls_root / "test-clean")["split"]) == {"test"}
+
+
+def test_mls_split_from_the_split_folder(tmp_path):
+    root = tmp_path / "mls_dutch"
+    for split in ("train", "dev", "test"):
+        uid = f"10_{len(split)}_000001"
+        tone(root / split / "audio" / "10" / str(len(split)) / f"{uid}.flac", 1.0)
+        (root / split / "transcripts.txt").write_text(f"{uid}\tzin\n")
+    df = imp.import_mls(root)
+    assert dict(zip(df["segment_id"], df["split"])) == {
+        "10_5_000001": "train", "10_3_000001": "dev", "10_4_000001": "test"}
+
+
+@pytest.fixture(scope="module")
+def cv_root(tmp_path_factory) -> Path:
+    """validated.tsv lists every clip, as in a real release; dev/test.tsv list some of them."""
+    root = tmp_path_factory.mktemp("cvsplit") / "nl"
+    for i in range(1, 6):
+        tone(root / "clips" / f"cv_{i}.mp3", 1.0, sr=32000, fmt="MP3", subtype="MPEG_LAYER_III")
+
+    def tsv(name, clips):
+        rows = ["\t".join([f"spk{c}", f"cv_{c}.mp3", "sid", f"zin {c}", "", "2", "0", "", "",
+                           "", "", "nl", ""]) for c in clips]
+        (root / f"{name}.tsv").write_text("\n".join([CV_HEADER, *rows]) + "\n")
+
+    tsv("train", [1, 2])
+    tsv("dev", [3])
+    tsv("test", [4])
+    tsv("validated", [1, 2, 3, 4, 5])
+    return root
+
+
+def test_commonvoice_dev_and_test_clips_stay_dev_and_test_wherever_listed(cv_root):
+    df = imp.import_commonvoice(cv_root, splits=["validated"])  # dev/test.tsv not asked for
+    assert dict(zip(df["segment_id"], df["split"])) == {
+        "cv_1": "train", "cv_2": "train", "cv_3": "dev", "cv_4": "test", "cv_5": "train"}
+    assert set(df["cv_list"]) == {"validated"}
+    df = imp.import_commonvoice(cv_root)  # train, dev, test
+    assert dict(zip(df["segment_id"], df["cv_list"])) == {
+        "cv_1": "train", "cv_2": "train", "cv_3": "dev", "cv_4": "test"}
+    assert dict(zip(df["segment_id"], df["split"]))["cv_3"] == "dev"
+
+
+# -- corpus shard ---------------------------------------------------------------------------
+
+
+def test_cli_shard_writes_train_rows_only_unless_asked(ls_manifest, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["shard", str(ls_manifest), "-o", str(tmp_path / "train"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    got = shard_members(tmp_path / "train")
+    assert set(got) == TRAIN, f"dev/test in training shards: {sorted(set(got) & (DEV | TEST))}"
+    assert all(meta["split"] == "train" for _, meta in got.values())
+    text = one_line(res.output)
+    assert "left out 3 dev and 3 test utterances" in text and "--split" in text
+    res = runner.invoke(app, ["shard", str(ls_manifest), "-o", str(tmp_path / "dev"),
+                              "--split", "dev", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    got = shard_members(tmp_path / "dev")
+    assert set(got) == DEV and {m["split"] for _, m in got.values()} == {"dev"}
+    res = runner.invoke(app, ["shard", str(ls_manifest), "-o", str(tmp_path / "all"),
+                              "--split", "all", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert set(shard_members(tmp_path / "all")) == TRAIN | DEV | TEST
+    res = runner.invoke(app, ["shard", str(ls_manifest), "-o", str(tmp_path / "x"),
+                              "--split", "held"])
+    assert res.exit_code != 0 and "train, dev, test, all" in one_line(res.output)
+
+
+def test_cli_shard_refuses_a_manifest_without_train_rows(ls_root, tmp_path):
+    dev = tmp_path / "dev.parquet"
+    res = CliRunner().invoke(app, ["import", "librispeech", str(ls_root / "dev-clean"), "-o",
+                                   str(dev), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["shard", str(dev), "-o", str(tmp_path / "s"), "--no-progress"])
+    text = one_line(res.output)
+    assert res.exit_code != 0 and "--split dev" in text and "Traceback" not in text
+    assert not list((tmp_path / "s").glob("*.tar"))
+
+
+def test_write_shards_split_argument(ls_manifest, tmp_path):
+    from corpus_tools.shards import write_shards
+
+    df = read_segments(ls_manifest)
+    index = write_shards(df, tmp_path / "t", progress=False)  # library default: train
+    assert index["count"].sum() == len(TRAIN)
+    index = write_shards(df, tmp_path / "d", split="test", progress=False)
+    assert set(shard_members(tmp_path / "d")) == TEST
+
+
+# -- corpus holdout -------------------------------------------------------------------------
+
+
+def holdout_manifest(tmp_path: Path) -> pl.DataFrame:
+    """Sessions of 1, 2, 3 and 5 utterances (durations 1..n s, ids not in length order), a
+    session given only by its recording, and a row that is already dev."""
+    rows = []
+
+    def add(sid, session, dur, split=None, recording=None):
+        rows.append(dict(segment_id=sid, recording_id=recording or sid, path=str(tmp_path / "x.wav"),
+                         start=0.0, end=dur, duration=dur, text="", speaker="s", method="m",
+                         language="en", session=session, split=split))
+
+    add("a-0", "A", 4.0)
+    for i, d in enumerate([2.0, 1.0]):
+        add(f"b-{i}", "B", d)
+    for i, d in enumerate([3.0, 1.0, 2.0]):
+        add(f"c-{i}", "C", d)
+    for i, d in enumerate([5.0, 1.0, 4.0, 2.0, 3.0]):
+        add(f"d-{i}", "D", d)
+    add("d-dev", "D", 3.0, split="dev")
+    for i, d in enumerate([1.0, 3.0, 2.0]):
+        add(f"r-{i}", None, d, recording="rec-R")
+    return pl.DataFrame(rows)
+
+
+def test_holdout_median_marks_the_median_utterance_of_each_session(tmp_path):
+    from corpus_tools.splits import mark_holdout
+
+    df = holdout_manifest(tmp_path)
+    out = mark_holdout(df, per_session=1, pick="median")
+    dev = set(out.filter(pl.col("split") == "dev")["segment_id"])
+    # B: lower median of [1, 2] -> the 1 s b-1; C: 2 s c-2; D: 3 s d-4; R (recording): 2 s r-2;
+    # A has one utterance: it stays for training; d-dev stays dev
+    assert dev == {"b-1", "c-2", "d-4", "r-2", "d-dev"}
+    assert out.height == df.height and set(out.columns) == set(df.columns)
+    assert out.filter(pl.col("segment_id") == "a-0")["split"][0] != "dev"
+    two = set(mark_holdout(df, per_session=2, pick="median").filter(
+        pl.col("split") == "dev")["segment_id"])
+    assert two == {"b-1", "c-0", "c-2", "d-4", "d-2", "r-1", "r-2", "d-dev"}
+
+
+def test_holdout_random_is_seeded_and_exact_per_session(tmp_path):
+    from corpus_tools.splits import mark_holdout
+
+    rows = [dict(segment_id=f"s{s}-{i}", recording_id=f"s{s}", path="x.wav", start=0.0,
+                 end=1.0 + i, duration=1.0 + i, text="", speaker=None, method="m", language="en",
+                 session=f"s{s}") for s in range(30) for i in range(1 + s % 6)]
+    df = pl.DataFrame(rows)
+    a = mark_holdout(df, per_session=2, pick="random", seed=4)
+    b = mark_holdout(df.sample(fraction=1.0, shuffle=True, seed=1), per_session=2, pick="random",
+                     seed=4)
+    c = mark_holdout(df, per_session=2, pick="random", seed=5)
+    dev = lambda x: set(x.filter(pl.col("split") == "dev")["segment_id"])  # noqa: E731
+    assert dev(a) == dev(b) and dev(a) != dev(c)
+    counts = a.filter(pl.col("split") == "dev").group_by("session").len()
+    per = dict(zip(counts["session"], counts["len"]))
+    for s in range(30):
+        n = 1 + s % 6
+        assert per.get(f"s{s}", 0) == min(2, n - 1), (s, n)
+
+
+def test_cli_holdout(tmp_path):
+    src = tmp_path / "in.parquet"
+    holdout_manifest(tmp_path).drop("split").write_parquet(src)
+    out = tmp_path / "out.parquet"
+    res = CliRunner().invoke(app, ["holdout", str(src), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    df = read_segments(out)
+    assert set(df.filter(pl.col("split") == "dev")["segment_id"]) == {"b-1", "c-2", "d-4", "r-2"}
+    text = one_line(res.output)
+    assert "4 utterances" in text and "1 session" in text
+    again = tmp_path / "again.parquet"
+    CliRunner().invoke(app, ["holdout", str(src), "-o", str(again)])
+    assert again.read_bytes() == out.read_bytes()
+    res = CliRunner().invoke(app, ["holdout", str(src), "-o", str(out), "--pick", "longest"])
+    assert res.exit_code != 0 and "median" in one_line(res.output)
