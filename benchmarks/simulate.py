@@ -157,6 +157,7 @@ def main(argv=None) -> int:
     print(f"{len(batches)} batches, {seconds / 3600:.2f} h per condition, 1 core; "
           f"plain copy: {copy_rate:,.0f} s/s")
     print(f"{'condition':16s} {'audio s/s':>11s} {'degraded s/s':>13s} {'vs copy':>8s}")
+    by_growth = {1.0: batches}
     with tempfile.TemporaryDirectory() as tmp:
         src = make_sources(Path(tmp), args.pool)
         names = []
@@ -164,7 +165,13 @@ def main(argv=None) -> int:
             names.extend([c.format(x=x) for x in args.percent] if "{x}" in c else [c])
         for name in names:
             sim = Simulator(name, noise=src["noise"], music=src["music"], stems=src["stems"],
-                            source=src["speech"], cache_size=0 if args.cold else 4 * args.pool)
+                            source=src["speech"], cache_size=0 if args.cold else 4 * args.pool,
+                            batch_seconds=args.batch_seconds)
+            growth = sim.length_growth  # concat: the stream forms batches on half the budget
+            if growth not in by_growth:
+                by_growth[growth] = make_batches(args.hours * 3600, args.batch_seconds / growth)
+            batches = by_growth[growth]
+            seconds = sum(u.audio.size for b in batches for u in b) / SR
             degraded = [0.0]
 
             def step(b, i, sim=sim, degraded=degraded):

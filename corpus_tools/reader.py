@@ -516,6 +516,16 @@ def consumer_plan(shards: Sequence[str], consumer: int, consumers: int, epoch: i
     return order[consumer:whole:consumers], order[whole:]
 
 
+def _check_transform_lengths(transform, batch_seconds: float, max_utterance_seconds: float) -> None:
+    """A length-growing transform cuts its output to its own budget: it must be the stream's."""
+    for name, ours in (("batch_seconds", batch_seconds),
+                       ("max_utterance_seconds", max_utterance_seconds)):
+        theirs = getattr(transform, name, None)
+        if theirs is not None and abs(float(theirs) - float(ours)) > 1e-9:
+            raise ValueError(f"the transform {transform!r} fits its output to {name}={theirs:g} "
+                             f"but the stream uses {ours:g}: give both the same {name}")
+
+
 class ShardBatchStream(torch.utils.data.IterableDataset):
     """Batches of utterances from tar shards, split over DDP ranks and DataLoader workers.
 
@@ -531,6 +541,9 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
         max_utterance_seconds: longer utterances are randomly cropped to this.
         max_span_seconds, span_policy: see ``DurationBatcher`` (default split at 10 s).
         transform: ``f(utts, rng) -> utts`` applied before collation (the online simulation).
+            A transform with ``length_growth`` g (concatenation: 2) gets batches formed on
+            ``batch_seconds / g`` of utterances cropped to ``min(max_utterance_seconds,
+            batch_seconds / g)``, so that what it returns still fits ``batch_seconds``.
         start_batch: skip this many batches of this rank's stream (exact resume; exact for
             an infinite stream — DataLoader workers are read round-robin).
         target_padding, max_queue: let the batcher's queue grow while no batch pads less
@@ -563,8 +576,12 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
         self.shuffle = shuffle
         self.shuffle_buffer = max(1, int(shuffle_buffer))
         self.bucket_buffer = max(1, int(bucket_buffer))
+        self.length_growth = float(getattr(transform, "length_growth", 1.0) or 1.0)
+        if self.length_growth != 1.0:
+            _check_transform_lengths(transform, self.batch_seconds, max_utterance_seconds)
         # An utterance must fit a batch on its own, so cap it at the budget too.
-        self.max_frames = int(min(max_utterance_seconds, self.batch_seconds) * SAMPLE_RATE)
+        self.max_frames = int(min(max_utterance_seconds, self.batch_seconds / self.length_growth)
+                              * SAMPLE_RATE)
         self.max_span_seconds = max_span_seconds
         self.span_policy = span_policy
         self.transform = transform
@@ -634,7 +651,7 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
         epoch = self.epoch
         while True:
             rng = np.random.default_rng([self.seed, epoch, consumer, consumers])
-            batcher = DurationBatcher(self.batch_seconds * SAMPLE_RATE,
+            batcher = DurationBatcher(self.batch_seconds / self.length_growth * SAMPLE_RATE,
                                       bucket_buffer=self.bucket_buffer,
                                       max_span=None if self.max_span_seconds is None
                                       else self.max_span_seconds * SAMPLE_RATE,

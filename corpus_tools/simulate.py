@@ -18,7 +18,10 @@ The condition table (names, operations, sources, SNR range, activity threshold) 
   (:func:`active_power`: mean square over 20 ms frames within 40 dB of the loudest frame);
 * substitutions are cropped (random offset) or repeated (random start) to the exact length;
 * speech partners come from the same batch when one fits the rule, else from the source pool;
-* utterances whose meta says ``split`` is a validation/test split are never touched.
+* concatenation doubles the audio, so concat batches are formed on half the budget
+  (``length_growth``) and a concatenation is cut to ``min(max_utterance_seconds,
+  batch_seconds / rows)`` — the same rule online and offline, and never over the budget;
+* utterances whose ``split`` is dev or test (``corpus_tools.splits``) are never touched.
 
 Every per-utterance choice is written to ``meta["simulation"]`` (sample offsets are in
 samples at 16 kHz), so an offline shard says exactly what was done to each utterance.
@@ -39,11 +42,10 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from corpus_tools.splits import canonical, is_held_out, select
+
 SAMPLE_RATE = 16_000
 CONDITIONS_FILE = Path(__file__).resolve().parents[1] / "manifests" / "simulation_conditions.yaml"
-# meta["split"] values that are never degraded (the thesis: "we do not apply the data quality
-# simulation to the validation data").
-VALIDATION_SPLITS = frozenset({"val", "valid", "validation", "dev", "test", "eval"})
 OPS = ("none", "concat", "mix", "sub")
 SOURCES = ("speech", "noise", "music", "instr", "vocal")
 PARTNER_RULES = ("same-session", "different-speaker")
@@ -287,12 +289,10 @@ def batch_rng(seed: int, batch_index: int, consumer: int = 0, workers: int = 1
 
 
 def is_validation(meta: dict | None) -> bool:
-    """True when an utterance's meta marks it as validation/test data (never degraded)."""
-    meta = meta or {}
-    split = meta.get("split")
-    if split is None and isinstance(meta.get("extra"), dict):  # `corpus shard` extra columns
-        split = meta["extra"].get("split")
-    return isinstance(split, str) and split.strip().lower() in VALIDATION_SPLITS
+    """True when an utterance's ``split`` (or ``extra.split``) is dev or test: the thesis does
+    "not apply the data quality simulation to the validation data", and test data is never
+    trained on."""
+    return is_held_out(meta)
 
 
 def _set_transcript(meta: dict, text: str) -> None:
@@ -585,15 +585,26 @@ class Simulator:
     from the batch only and an utterance with none stays unmodified (``reason`` in its json).
     ``seed`` is used only when ``__call__`` gets no Generator (then batch k uses
     ``batch_rng(seed, k)``, k counting calls).
+
+    ``batch_seconds`` / ``max_utterance_seconds`` are the batch budget (padding included) and
+    the longest utterance of the stream the transform serves; they must match its
+    ``ShardBatchStream``. A concat condition has ``length_growth = 2``: the stream forms its
+    batches on half the budget, and each concatenation is cut to
+    :meth:`length_cap` ``(rows)`` samples, so rows × longest stays within ``batch_seconds``.
     """
 
     def __init__(self, condition: str | Condition, *, noise: str | Path | None = None,
                  music: str | Path | None = None, stems: str | Path | None = None,
                  seed: int = 0, source: str | Path | Sequence[str] | None = None,
-                 cache_size: int = 32, settings: Settings | None = None):
+                 cache_size: int = 32, settings: Settings | None = None,
+                 batch_seconds: float = 150.0, max_utterance_seconds: float = 30.0):
         self.settings = settings or load_settings()
         self.condition = parse_condition(condition, settings=self.settings)
         self.seed = int(seed)
+        if batch_seconds <= 0 or max_utterance_seconds <= 0:
+            raise ValueError("batch_seconds and max_utterance_seconds must be positive")
+        self.batch_seconds = float(batch_seconds)
+        self.max_utterance_seconds = float(max_utterance_seconds)
         self.calls = 0
         given = {"noise": noise, "music": music, "stems": stems}
         need = self.condition.option
@@ -621,6 +632,16 @@ class Simulator:
 
     def __repr__(self) -> str:
         return f"Simulator({self.condition.name!r}, seed={self.seed})"
+
+    @property
+    def length_growth(self) -> float:
+        """How much longer the condition makes an utterance at most (concat: twice)."""
+        return 2.0 if self.condition.op == "concat" else 1.0
+
+    def length_cap(self, rows: int) -> int:
+        """Samples a concatenation may hold in a batch of ``rows`` utterances."""
+        budget = int(self.batch_seconds * SAMPLE_RATE) // max(1, rows)
+        return min(int(self.max_utterance_seconds * SAMPLE_RATE), budget)
 
     def select(self, utts: Sequence, rng: np.random.Generator) -> list[int]:
         """Indices (ascending) of the utterances this batch modifies."""
@@ -650,7 +671,7 @@ class Simulator:
                 result = self._apply(i, utts, rng, meta, record)
                 if result is not None:
                     audio = result
-                    record["modified"] = True
+                    record["modified"] = "reason" not in record  # a cut without a partner
             meta["simulation"] = record
             out.append(dataclasses.replace(u, audio=audio, meta=meta))
         return out
@@ -670,14 +691,7 @@ class Simulator:
             if partner is None:
                 return None
             if c.op == "concat":
-                y = np.concatenate([speech, partner])
-                record["boundary"] = n  # the partner starts at this sample
-                record["partner_num_frames"] = int(partner.size)
-                meta["num_frames"] = int(y.size)
-                meta["duration"] = y.size / SAMPLE_RATE
-                texts = [t for t in (meta.get("transcript"), record.pop("_partner_text", None)) if t]
-                _set_transcript(meta, " ".join(texts))
-                return y
+                return self._concat(speech, partner, len(utts), meta, record)
             record.pop("_partner_text", None)
             fitted, offset, position = place(partner, n, rng)
             power = active_power(fitted, self.settings)
@@ -701,6 +715,28 @@ class Simulator:
         y, scale, gain = mix_at_snr(speech, fitted, snr, self.settings, interferer_power=power,
                                     inplace=True)
         record.update(snr_db=snr, scale=scale, gain=gain)
+        return y
+
+    def _concat(self, speech: np.ndarray, partner: np.ndarray, rows: int, meta: dict,
+                record: dict) -> np.ndarray | None:
+        """``speech`` then ``partner``, cut to the length cap of a batch of ``rows``."""
+        cap = self.length_cap(rows)
+        own = min(speech.size, cap)
+        kept = min(partner.size, cap - own)
+        record.update(boundary=own, partner_num_frames=int(partner.size),
+                      partner_kept_frames=int(kept), length_cap=cap)
+        partner_text = record.pop("_partner_text", None)
+        if kept <= 0:
+            record["reason"] = "no room for a partner under the length cap"
+            if own == speech.size:
+                return None
+            y = speech[:own].copy()  # longer than the cap itself (offline only)
+        else:
+            y = np.concatenate([speech[:own], partner[:kept]])
+            texts = [t for t in (meta.get("transcript"), partner_text) if t]
+            _set_transcript(meta, " ".join(texts))
+        meta["num_frames"] = int(y.size)
+        meta["duration"] = y.size / SAMPLE_RATE
         return y
 
     def _partner(self, i: int, utts: list, rng: np.random.Generator,
@@ -810,7 +846,7 @@ def source_items(source: str | Path | Sequence[str]) -> list[SourceItem]:
                 "recording": _str(r.get("recording_id")), "session": _str(r.get("session")),
                 "language": r.get("language"), "method": r.get("method")}
         if r.get("split") is not None:
-            meta["split"] = r["split"]
+            meta["split"] = canonical(r["split"])
         items.append(SourceItem(sid, meta, float(dur), path=str(r["path"]),
                                 start=start, end=None if end is None else float(end)))
     return items
@@ -818,12 +854,14 @@ def source_items(source: str | Path | Sequence[str]) -> list[SourceItem]:
 
 def offline_batches(items: Sequence[SourceItem], batch_seconds: float, *, seed: int,
                     shuffle: bool = True, bucket_buffer: int = 50,
-                    max_span_seconds: float | None = 10.0) -> list[list[int]]:
+                    max_span_seconds: float | None = 10.0,
+                    length_growth: float = 1.0) -> list[list[int]]:
     """The trainer's duration batches over the source (item indices).
 
     The source order is shuffled with the seed first (a LibriSpeech manifest is sorted by
     speaker and chapter; the trainer shuffles too), then fed to the trainer's own batcher
-    :func:`corpus_tools.reader.duration_batches` with the trainer's defaults.
+    :func:`corpus_tools.reader.duration_batches` with the trainer's defaults, on the budget
+    divided by the condition's ``length_growth`` (as ``ShardBatchStream`` does).
     """
     from corpus_tools.reader import duration_batches
 
@@ -831,7 +869,7 @@ def offline_batches(items: Sequence[SourceItem], batch_seconds: float, *, seed: 
     if shuffle:
         order = np.random.default_rng([int(seed), 0x5EED]).permutation(len(items))
     lengths = [items[i].seconds for i in order]
-    batches = duration_batches(lengths, batch_seconds, bucket_buffer=bucket_buffer,
+    batches = duration_batches(lengths, batch_seconds / length_growth, bucket_buffer=bucket_buffer,
                                max_span_seconds=max_span_seconds, span_policy="split")
     return [[int(order[j]) for j in b] for b in batches]
 
@@ -849,15 +887,87 @@ def _json_safe(v):
     return v
 
 
+OUTPUT_FILES = ("shards.parquet", "simulation.parquet", "simulation.json")
+
+
+def _clear_output(out: Path, overwrite: bool) -> None:
+    """Refuse a folder holding shards (unless ``overwrite``), then empty it of our files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
+    old = sorted(out.glob("shard.*.tar")) if out.is_dir() else []
+    if old and not overwrite:
+        raise FileExistsError(f"{out} already holds {len(old)} shards; pass --overwrite or "
+                              "choose another output folder")
+    for p in old + [out / n for n in OUTPUT_FILES]:
+        p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _write_shard_set(out: Path, items: Iterable[tuple[str, bytes, dict]], count: int,
+                     shard_size: int, audio_format: str, on_shard=None) -> list[dict]:
+    """Stream ``count`` sorted ``(key, audio, json)`` items into ``shard.NNNNNN[.partial].tar``
+    files of ``shard_size`` with `corpus shard`'s writer, then write ``shards.parquet``."""
+    import itertools
+
+    import polars as pl
+
+    from corpus_tools import shards as shardlib
+    from corpus_tools.manifests import write_parquet_atomic
+
+    stream = iter(items)
+    n_shards = math.ceil(count / max(1, shard_size))
+    index = []
+    for k in range(n_shards):
+        partial = k == n_shards - 1 and count % shard_size != 0
+        name = shardlib.shard_name("shard", k, partial)
+        if on_shard is not None:
+            on_shard(name)
+        info = shardlib.write_one_shard(out / name, itertools.islice(stream, shard_size),
+                                        presorted=True)
+        index.append({**info, "shard_idx": k, "partial": partial, "format": audio_format})
+    for _ in stream:  # nothing may be left (the count of utterances never changes)
+        raise RuntimeError("more utterances than planned for the shards")
+    write_parquet_atomic(pl.DataFrame(
+        [{"name": m["name"], "shard_idx": m["shard_idx"], "partial": m["partial"],
+          "count": m["count"], "hours": m["seconds"] / 3600.0, "min_duration": m["min_duration"],
+          "max_duration": m["max_duration"], "num_frames": m["num_frames"], "bytes": m["bytes"],
+          "sha256": m["sha256"], "format": m["format"]} for m in index],
+        schema=shardlib.INDEX_SCHEMA), out / shardlib.INDEX_NAME)
+    return index
+
+
+def write_plain_shards(items: Sequence[SourceItem], out_dir: str | Path, *,
+                       shard_size: int = 5000, audio_format: str = "wav",
+                       overwrite: bool = False) -> list[dict]:
+    """The utterances as they are (never degraded), in key order: the validation shards of
+    ``corpus simulate --val-output``. Returns the shard index rows."""
+    from corpus_tools.audio import encode_audio
+
+    out = Path(out_dir)
+    _clear_output(out, overwrite)
+    ordered = sorted(items, key=lambda it: it.key)
+
+    def encoded():
+        for it in ordered:
+            yield it.key, encode_audio(it.load(), SAMPLE_RATE, audio_format), _json_safe(it.meta)
+
+    return _write_shard_set(out, encoded(), len(ordered), shard_size, audio_format)
+
+
 def simulate_offline(condition: str | Condition, source: str | Path, out_dir: str | Path, *,
                      noise: str | Path | None = None, music: str | Path | None = None,
                      stems: str | Path | None = None, seed: int = 0,
                      batch_seconds: float = 150.0, bucket_buffer: int = 50,
                      max_span_seconds: float | None = 10.0, shuffle: bool = True,
                      shard_size: int = 5000, audio_format: str = "wav",
-                     overwrite: bool = False, on_batch=None) -> dict:
+                     overwrite: bool = False, on_batch=None, split: str = "train",
+                     val_output: str | Path | None = None,
+                     max_utterance_seconds: float = 30.0) -> dict:
     """``corpus simulate``: degrade ``source`` batch by batch and write shards to ``out_dir``.
 
+    Only the source's ``split`` rows are written (default train: rows whose split is null or
+    train; dev | test | all on request — dev and test utterances are never degraded either
+    way); ``val_output`` also writes the dev rows, undegraded, as a separate shard set.
     Shards are written with the shard writer of ``corpus shard``
     (:func:`corpus_tools.shards.write_one_shard`: fixed tar metadata, json + wav members,
     atomic rename, ``shard.000000.tar`` … ``.partial.tar`` for the incomplete last one) and
@@ -869,8 +979,6 @@ def simulate_offline(condition: str | Condition, source: str | Path, out_dir: st
     totals). ``on_batch(n_utterances, seconds)`` is called after each batch (progress bars).
     Returns the run summary (also in ``simulation.json``).
     """
-    import itertools
-
     import polars as pl
 
     from corpus_tools import shards as shardlib
@@ -880,26 +988,34 @@ def simulate_offline(condition: str | Condition, source: str | Path, out_dir: st
 
     if audio_format not in ("wav", "flac"):
         raise ValueError(f"audio format must be wav or flac, not {audio_format!r}")
-    sim = Simulator(condition, noise=noise, music=music, stems=stems, seed=seed, source=source)
-    items = source_items(source)
-    if not items:
-        raise ValueError(f"the source {source} holds no utterances")
-    sim._pool = SpeechPool.from_items(items)  # partners the batch lacks come from the source
-    for item, key in zip(items, shardlib.safe_keys([str(it.meta.get("id", it.key))
-                                                      for it in items])):
-        item.key = key
-    batches = offline_batches(items, batch_seconds, seed=seed, shuffle=shuffle,
-                              bucket_buffer=bucket_buffer, max_span_seconds=max_span_seconds)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output {out} exists and is not a folder")
-    old = sorted(out.glob("shard.*.tar")) if out.is_dir() else []
-    if old and not overwrite:
-        raise FileExistsError(f"{out} already holds {len(old)} shards; pass --overwrite or "
-                              "choose another output folder")
-    for p in old + [out / n for n in ("shards.parquet", "simulation.parquet", "simulation.json")]:
-        p.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if val_output is not None:
+        if split in ("dev", "all"):
+            raise ValueError(f"--val-output writes the dev split next to training shards; "
+                             f"with --split {split} the dev rows would be in both")
+        if Path(val_output).resolve() == out.resolve():
+            raise ValueError("--val-output must be another folder than --output")
+        _clear_output(Path(val_output), overwrite)  # refuse an occupied folder before any work
+    sim = Simulator(condition, noise=noise, music=music, stems=stems, seed=seed, source=source,
+                    batch_seconds=batch_seconds, max_utterance_seconds=max_utterance_seconds)
+    every = source_items(source)
+    if not every:
+        raise ValueError(f"the source {source} holds no utterances")
+    for item, key in zip(every, shardlib.safe_keys([str(it.meta.get("id", it.key))
+                                                      for it in every])):
+        item.key = key
+    sim._pool = SpeechPool.from_items(every)  # partners the batch lacks come from the source
+    items, left = select(every, split, meta=lambda it: it.meta, seconds=lambda it: it.seconds)
+    if not items:
+        raise ValueError(f"the source {source} holds no {split} utterances: {left.message()}")
+    val_items = select(every, "dev", meta=lambda it: it.meta)[0] if val_output is not None else []
+    if val_output is not None and not val_items:
+        raise ValueError(f"the source {source} holds no dev utterances for --val-output "
+                         "(`corpus holdout` marks some)")
+    batches = offline_batches(items, batch_seconds, seed=seed, shuffle=shuffle,
+                              bucket_buffer=bucket_buffer, max_span_seconds=max_span_seconds,
+                              length_growth=sim.length_growth)
+    _clear_output(out, overwrite)
 
     width = max(6, len(str(len(batches) - 1)))
     rows: list[dict] = []
@@ -924,25 +1040,13 @@ def simulate_offline(condition: str | Condition, source: str | Path, out_dir: st
             if on_batch is not None:
                 on_batch(len(utts), sum(u.audio.size for u in utts) / SAMPLE_RATE)
 
-    stream = degraded_items()
-    n_shards = math.ceil(len(items) / max(1, shard_size))
-    index = []
-    for k in range(n_shards):
-        partial = k == n_shards - 1 and len(items) % shard_size != 0
-        current["shard"] = shardlib.shard_name("shard", k, partial)
-        info = shardlib.write_one_shard(out / current["shard"],
-                                        itertools.islice(stream, shard_size), presorted=True)
-        index.append({**info, "shard_idx": k, "partial": partial, "format": audio_format})
-    for _ in stream:  # nothing may be left (the count of utterances never changes)
-        raise RuntimeError("simulation produced more utterances than the source holds")
-    write_parquet_atomic(pl.DataFrame(
-        [{"name": m["name"], "shard_idx": m["shard_idx"], "partial": m["partial"],
-          "count": m["count"], "hours": m["seconds"] / 3600.0, "min_duration": m["min_duration"],
-          "max_duration": m["max_duration"], "num_frames": m["num_frames"], "bytes": m["bytes"],
-          "sha256": m["sha256"], "format": m["format"]} for m in index],
-        schema=shardlib.INDEX_SCHEMA), out / shardlib.INDEX_NAME)
+    index = _write_shard_set(out, degraded_items(), len(items), shard_size, audio_format,
+                             on_shard=lambda name: current.update(shard=name))
     table = pl.from_dicts(rows, infer_schema_length=None)
     write_parquet_atomic(table, out / "simulation.parquet")
+    val_index = (write_plain_shards(val_items, val_output, shard_size=shard_size,
+                                    audio_format=audio_format, overwrite=overwrite)
+                 if val_output is not None else [])
     summary = {
         "condition": sim.condition.name, "op": sim.condition.op,
         "source_kind": sim.condition.source, "percent": sim.condition.percent,
@@ -950,13 +1054,22 @@ def simulate_offline(condition: str | Condition, source: str | Path, out_dir: st
         "noise": None if noise is None else str(noise),
         "music": None if music is None else str(music),
         "stems": None if stems is None else str(stems), "batch_seconds": batch_seconds,
+        "max_utterance_seconds": max_utterance_seconds, "length_growth": sim.length_growth,
         "bucket_buffer": bucket_buffer, "max_span_seconds": max_span_seconds, "shuffle": shuffle,
         "snr_db": list(sim.settings.snr_db), "batches": len(batches), "utterances": len(rows),
         "modified": int(table["modified"].sum()), "input_seconds": round(totals["in"], 3),
         "output_seconds": round(totals["out"], 3),
         "shards": [{"name": m["name"], "count": m["count"], "sha256": m["sha256"]}
                    for m in index],
+        "split": split,
+        "left_out": {"utterances": dict(left.counts),
+                     "seconds": {k: round(v, 3) for k, v in left.seconds.items()},
+                     "message": left.message() if left else None},
     }
+    if val_output is not None:
+        summary["val_output"] = {"path": str(val_output), "utterances": len(val_items),
+                                 "shards": [{"name": m["name"], "count": m["count"],
+                                             "sha256": m["sha256"]} for m in val_index]}
     tmp = out / ".simulation.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / "simulation.json")
@@ -968,5 +1081,5 @@ __all__ = [
     "valid_condition_names", "load_settings", "count_selected", "active_power", "measure_snr",
     "fit_length", "place", "mix_at_snr", "batch_rng", "is_validation", "frame_powers",
     "read_shard_audio", "SourceItem", "source_items", "offline_batches",
-    "simulate_offline", "summarize",
+    "simulate_offline", "summarize", "write_plain_shards",
 ]

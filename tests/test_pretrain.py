@@ -240,7 +240,40 @@ def test_simulate_hook(shards, tmp_path):
     base = pretrain(tiny_args(shards, tmp_path / "baseline", steps=3, log_every=3, simulate="baseline"))
     assert base["hours_seen"] == plain["hours_seen"], "baseline leaves the audio as it is"
     concat = pretrain(tiny_args(shards, tmp_path / "concat", steps=3, log_every=3, simulate="1spk-concat"))
-    assert concat["hours_seen"] > plain["hours_seen"], "1spk-concat makes every utterance longer"
+    # concat batches are formed on half the budget and the utterances doubled: fewer, longer rows
+    assert concat["last_train"]["sim_utterances"] < base["last_train"]["sim_utterances"]
+    assert base["last_train"]["sim_modified"] == 0
+
+
+@pytest.fixture(scope="module")
+def session_shards(tmp_path_factory) -> str:
+    """Real speech in which every session has several utterances: two halves of pyannote's
+    sample (two sessions) and the ALSA voices (one session)."""
+    import polars as pl
+
+    from corpus_tools.shards import write_shards
+
+    sample = _sample_wav()
+    rows = [dict(r, session="first" if i % 2 else "second") for i, r in enumerate(_pieces(sample, 0.0, 24, "p"))]
+    for name in ALSA_VOICES:
+        rows.append(dict(segment_id=f"alsa-{name}", recording_id=name, path=str(ALSA / f"{name}.wav"), start=0.0,
+                         end=1.4, duration=1.4, text="", speaker=name, method="test", language="en", session="alsa"))
+    out = tmp_path_factory.mktemp("sessions")
+    write_shards(pl.DataFrame(rows), out, samples_per_shard=16, progress=False)
+    return str(out)
+
+
+def test_online_concat_without_a_source_uses_the_training_shards_and_logs_it(session_shards, tmp_path):
+    """1spk-concat with no --simulate-source: partners come from the training shards, every batch
+    has modified utterances, and log.jsonl says how many."""
+    pytest.importorskip("corpus_tools.simulate", reason="the simulation module is another issue's deliverable")
+    run = tmp_path / "concat"
+    pretrain(tiny_args({"train": session_shards}, run, steps=20, log_every=5, simulate="1spk-concat"))
+    train = read_log(run)
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    for r in train:
+        assert r["sim_modified"] > 0 and r["sim_utterances"] >= r["sim_modified"], r
+        assert r["sim_batches_unmodified"] == 0, r
 
 
 def test_cli_help_and_bad_input(shards, tmp_path):

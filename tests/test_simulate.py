@@ -338,10 +338,13 @@ def test_concatenations(corpus, cond, tmp_path):
         rec = meta["simulation"]
         partner = rec["partner_id"]
         assert partner != key
-        n = clean[key].size
-        assert rec["boundary"] == n and audio.size == n + clean[partner].size
+        n, kept = clean[key].size, rec["partner_kept_frames"]
+        # the concatenation is cut to the batch's length cap: the partner's start is kept
+        assert rec["boundary"] == n and audio.size == n + kept and kept > 0
+        assert kept == min(clean[partner].size, rec["length_cap"] - n)
+        assert rec["partner_num_frames"] == clean[partner].size
         np.testing.assert_allclose(audio[:n], clean[key], atol=1 / 32768)
-        np.testing.assert_allclose(audio[n:], clean[partner], atol=1 / 32768)
+        np.testing.assert_allclose(audio[n:], clean[partner][:kept], atol=1 / 32768)
         if cond == "1spk-concat":
             assert rows[partner]["session"] == rows[key]["session"] == rec["partner_session"]
         else:
@@ -533,3 +536,90 @@ def test_validation_flag_in_shard_extra(corpus):
     for u in utts:
         u.meta["extra"] = {"split": "val"}
     assert not any(u.meta["simulation"]["modified"] for u in sim(utts, batch_rng(0, 0)))
+
+
+# -- concatenation: one length rule online and offline -------------------------------------
+
+MAX_UTT = 30.0
+
+
+def check_concat_batch(lengths: list[int], batch_seconds: float) -> None:
+    assert len(lengths) * max(lengths) <= batch_seconds * SR, (
+        f"{len(lengths)} rows × {max(lengths) / SR:.2f} s > {batch_seconds} s budget")
+    assert max(lengths) <= MAX_UTT * SR
+
+
+@pytest.fixture(scope="module")
+def plain_shards(corpus, tmp_path_factory):
+    from corpus_tools.manifests import read_segments
+    from corpus_tools.shards import write_shards
+
+    out = tmp_path_factory.mktemp("plain")
+    write_shards(read_segments(corpus["source"]), out, samples_per_shard=12, progress=False)
+    return out
+
+
+@pytest.mark.parametrize("cond", ["1spk-concat", "2spk-concat"])
+@pytest.mark.parametrize("seed", [0, 5, 9])
+def test_concat_online_equals_offline_within_the_budget(plain_shards, cond, seed):
+    """The stream forms concat batches on half the budget; the Simulator cuts the concatenation
+    to min(max_utterance_seconds, budget / rows): same utterances as the offline call with
+    batch_rng(seed, i), and rows × longest never passes the budget."""
+    from corpus_tools.reader import ShardBatchStream, Utterance
+
+    budget = 10.0
+    sim = Simulator(cond, source=plain_shards, batch_seconds=budget, max_utterance_seconds=MAX_UTT)
+    assert sim.length_growth == 2.0
+    seen = []
+
+    def transform(utts, rng):
+        seen.append(([u.audio.copy() for u in utts], [dict(u.meta) for u in utts]))
+        return sim(utts, rng)
+
+    transform.length_growth = sim.length_growth
+    stream = ShardBatchStream(plain_shards, budget, seed=seed, infinite=False, transform=transform,
+                              max_utterance_seconds=MAX_UTT)
+    batches = list(stream)
+    assert len(batches) >= 3
+    for i, (batch, (audios, metas)) in enumerate(zip(batches, seen)):
+        lengths = batch.lengths.tolist()
+        check_concat_batch(lengths, budget)
+        utts = [Utterance(k, a, m) for k, a, m in zip(batch.keys, audios, metas)]
+        again = sim(utts, batch_rng(seed, i))
+        for row, (u, own) in enumerate(zip(again, audios)):
+            n = lengths[row]
+            assert np.array_equal(batch.audio[row, :n].numpy(), u.audio)
+            rec, meta = u.meta["simulation"], batch.meta[row]
+            assert meta["num_frames"] == n and meta["duration"] == pytest.approx(n / SR)
+            assert rec["modified"] and rec["boundary"] == own.size  # half budget: room for a partner
+            assert rec["partner_kept_frames"] == n - own.size > 0
+            assert rec["partner_kept_frames"] <= rec["partner_num_frames"]
+            assert np.array_equal(u.audio[:own.size], own)
+
+
+@pytest.mark.parametrize("cond", ["1spk-concat", "2spk-concat"])
+def test_offline_concat_shards_keep_the_budget_and_are_never_recropped(corpus, cond, tmp_path):
+    from corpus_tools.reader import ShardBatchStream
+
+    budget = 8.0
+    for seed in (1, 2):
+        out = tmp_path / str(seed)
+        _, table = run(corpus, cond, out, seed=seed, batch_seconds=budget)
+        for (b,), g in table.group_by(["batch"]):
+            check_concat_batch(g["num_frames"].to_list(), budget)
+        assert table["modified"].sum() >= table["batch"].n_unique()
+        written = {sid: audio for sid, (audio, meta) in read_shards(out).items()}
+        back = list(ShardBatchStream(out, budget, seed=seed, infinite=False))
+        assert sum(len(b) for b in back) == len(written)
+        for batch in back:
+            for row, meta in enumerate(batch.meta):
+                n, sid = int(batch.lengths[row]), meta["id"]
+                assert n == written[sid].size, f"{sid} re-cropped by the reader"
+                np.testing.assert_allclose(batch.audio[row, :n].numpy(), written[sid], atol=1e-6)
+
+
+def test_concat_stream_refuses_a_simulator_with_another_budget(plain_shards):
+    from corpus_tools.reader import ShardBatchStream
+
+    with pytest.raises(ValueError, match="batch_seconds"):
+        ShardBatchStream(plain_shards, 20.0, transform=Simulator("2spk-concat"))

@@ -176,6 +176,91 @@ def test_write_shards_split_argument(ls_manifest, tmp_path):
     assert set(shard_members(tmp_path / "d")) == TEST
 
 
+# -- corpus simulate ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cond", ["2spk-concat", "baseline"])
+def test_cli_simulate_librispeech_root_keeps_dev_and_test_out(ls_root, cond, tmp_path):
+    out = tmp_path / "sim"
+    res = CliRunner().invoke(app, ["simulate", cond, "--source", str(ls_root), "-o", str(out),
+                                   "--batch-seconds", "8"])
+    assert res.exit_code == 0, res.output
+    got = shard_members(out)
+    assert not set(got) & (DEV | TEST), f"dev/test in training shards: {sorted(set(got) & (DEV | TEST))}"
+    assert set(got) == TRAIN
+    for _, meta in got.values():
+        partner = meta["simulation"].get("partner_id")
+        assert partner is None or partner in TRAIN
+    text = one_line(res.output)
+    assert "left out 3 dev and 3 test utterances" in text and "--split" in text
+
+
+def test_cli_simulate_val_output_is_the_undegraded_dev_split(ls_root, ls_manifest, tmp_path):
+    res = CliRunner().invoke(app, ["simulate", "2spk-concat", "--source", str(ls_manifest), "-o",
+                                   str(tmp_path / "train"), "--val-output", str(tmp_path / "val"),
+                                   "--batch-seconds", "8"])
+    assert res.exit_code == 0, res.output
+    assert set(shard_members(tmp_path / "train")) == TRAIN
+    val = shard_members(tmp_path / "val")
+    assert set(val) == DEV
+    rows = {r["segment_id"]: r for r in read_segments(ls_manifest).to_dicts()}
+    for sid, (audio, meta) in val.items():
+        clean, _ = sf.read(rows[sid]["path"], dtype="float32")
+        np.testing.assert_allclose(audio, clean, atol=1 / 32768)
+        assert meta["split"] == "dev" and meta["transcript"] == rows[sid]["text"]
+        assert meta.get("simulation", {}).get("modified", False) is False
+    assert pl.read_parquet(tmp_path / "val" / "shards.parquet")["count"].sum() == len(DEV)
+
+
+def test_simulate_split_dev_writes_dev_rows_undegraded(ls_manifest, tmp_path):
+    from corpus_tools.simulate import simulate_offline
+
+    summary = simulate_offline("2spk-concat", ls_manifest, tmp_path, batch_seconds=8.0,
+                               split="dev")
+    assert summary["modified"] == 0 and summary["utterances"] == len(DEV)
+    assert set(shard_members(tmp_path)) == DEV
+
+
+# -- the online Simulator on real importer output -----------------------------------------
+
+
+def test_simulator_never_degrades_imported_dev_and_test(ls_manifest):
+    from corpus_tools.reader import Utterance
+    from corpus_tools.simulate import Simulator, batch_rng, source_items
+
+    items = source_items(ls_manifest)
+    utts = [Utterance(it.key, it.load(), dict(it.meta)) for it in items]
+    sim = Simulator("2spk-concat", source=ls_manifest)
+    assert {e["id"] for e in sim.pool.entries} == TRAIN
+    out = sim(utts, batch_rng(0, 0))
+    for u, v in zip(utts, out):
+        rec = v.meta["simulation"]
+        if u.key in DEV | TEST:
+            assert rec["modified"] is False and np.array_equal(u.audio, v.audio), u.key
+        else:
+            assert rec["modified"] is True and rec["partner_id"] in TRAIN, u.key
+
+
+def test_online_stream_over_imported_shards_leaves_dev_and_test_alone(ls_manifest, tmp_path):
+    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.shards import write_shards
+    from corpus_tools.simulate import SpeechPool, Simulator
+
+    write_shards(read_segments(ls_manifest), tmp_path, split="all", samples_per_shard=5,
+                 progress=False)
+    assert {e["id"] for e in SpeechPool.from_source(tmp_path).entries} == TRAIN
+    sim = Simulator("2spk-concat", source=tmp_path, batch_seconds=8.0)
+    seen = set()
+    for batch in ShardBatchStream(tmp_path, 8.0, seed=1, infinite=False, transform=sim):
+        for meta in batch.meta:
+            seen.add(meta["id"])
+            rec = meta["simulation"]
+            if meta["id"] in DEV | TEST:
+                assert rec["modified"] is False
+            assert rec.get("partner_id") is None or rec["partner_id"] in TRAIN
+    assert seen == TRAIN | DEV | TEST
+
+
 # -- corpus holdout -------------------------------------------------------------------------
 
 

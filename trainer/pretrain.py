@@ -191,20 +191,58 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, devic
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=device.type == "cuda")
 
 
-def make_transform(args: PretrainArgs):
-    """The online data-quality simulation (``--simulate COND``) or a given transform."""
+def make_transform(args: PretrainArgs, batch_seconds: float):
+    """The online data-quality simulation (``--simulate COND``) or a given transform.
+
+    It fits its output to the stream's ``batch_seconds`` and ``max_utterance_seconds``. Speech
+    partners the batch lacks come from ``--simulate-source``, else from the training shards
+    themselves (as offline from the source); dev/test utterances are never partners.
+    """
     if args.transform is not None:
         return args.transform
     if not args.simulate:
         return None
     try:
-        from corpus_tools.simulate import Simulator
+        from corpus_tools.simulate import Simulator, parse_condition
     except ImportError as e:  # the simulation module is part of corpus_tools
         raise RuntimeError(f"--simulate needs corpus_tools.simulate.Simulator, which could not be imported: {e}") from e
-    kwargs = {"noise": args.noise, "music": args.music, "stems": args.stems, "seed": args.seed}
-    if args.simulate_source:
-        kwargs["source"] = args.simulate_source
-    return Simulator(args.simulate, **kwargs)
+    source = args.simulate_source
+    if source is None and parse_condition(args.simulate).source == "speech":
+        from corpus_tools.reader import list_shards
+
+        source = list_shards(args.shards)  # the stream's own shards (globs, braces, lists alike)
+    return Simulator(args.simulate, noise=args.noise, music=args.music, stems=args.stems, seed=args.seed,
+                     source=source, batch_seconds=batch_seconds, max_utterance_seconds=args.max_utterance_seconds)
+
+
+class SimulationCounts:
+    """Utterances the online simulation modified, summed between two log records.
+
+    Read from each batch's ``meta[i]["simulation"]["modified"]``; ``batches_unmodified`` counts
+    batches in which the simulation changed nothing (the rules promise at least one per batch).
+    """
+
+    def __init__(self):
+        self.modified = self.utterances = self.batches_unmodified = self.batches = 0
+
+    def add(self, batch) -> None:
+        records = [m["simulation"] for m in batch.meta if isinstance(m, dict) and "simulation" in m]
+        if not records:
+            return
+        modified = sum(bool(r.get("modified")) for r in records)
+        self.modified += modified
+        self.utterances += len(records)
+        self.batches += 1
+        self.batches_unmodified += modified == 0
+
+    def reduce(self, dist: Dist) -> dict[str, int]:
+        """Totals over ranks; empty when no batch carried a simulation record."""
+        modified, utterances, unmodified, batches = all_reduce_sum(
+            [self.modified, self.utterances, self.batches_unmodified, self.batches], dist)
+        if not batches:
+            return {}
+        return {"sim_modified": int(modified), "sim_utterances": int(utterances),
+                "sim_batches_unmodified": int(unmodified)}
 
 
 def make_stream(shards: str, batch_seconds: float, args: PretrainArgs, dist: Dist, *, train: bool,
@@ -415,7 +453,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
     autocast = (torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16) if use_bf16
                 else contextlib.nullcontext())
     loader = make_stream(args.shards, per_gpu, args, dist, train=True, start_batch=state["step"] * accum,
-                         transform=make_transform(args))
+                         transform=make_transform(args, per_gpu))
     batches = iter(loader)  # created before the RNG restore: the DataLoader iterator draws a seed
     if ckpt is not None:
         rng = ckpt["rng"]
@@ -433,7 +471,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
         f"{per_gpu:g} s = {global_seconds:g} s of audio; peak LR {peak_lr:.3g} ({schedule.name}); "
         f"steps {state['step']} → {last_step}")
 
-    meter, grad_norms, t_log, rec = Meter(), [], time.time(), {}
+    meter, grad_norms, t_log, rec, sim_counts = Meter(), [], time.time(), {}, SimulationCounts()
     while state["step"] < last_step:
         step = state["step"]
         lr = schedule(step)
@@ -443,6 +481,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
         for micro in range(accum):
             batch = next(batches)
             seconds, padded = audio_seconds(batch)  # on the host, before the copy (no device sync)
+            sim_counts.add(batch)
             batch = batch.to(dist.device, non_blocking=True)
             sync = contextlib.nullcontext() if (not dist.ddp or micro == accum - 1) else model.no_sync()
             with sync:
@@ -464,7 +503,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
             rec = {"split": "train", "step": step, **named_metrics(m), "lr": lr,
                    "grad_norm": float(torch.stack(grad_norms).mean()), "hours_seen": state["hours_seen"],
                    "audio_seconds_per_second": m["_seconds"] / max(elapsed, 1e-9),
-                   **codebook_similarity(raw_model.quantizer)}
+                   **sim_counts.reduce(dist), **codebook_similarity(raw_model.quantizer)}
             if peak:
                 rec["mfu"] = rec["audio_seconds_per_second"] / dist.world * flops_per_sec / peak
                 rec["max_memory_gb"] = torch.cuda.max_memory_allocated(dist.device) / 1e9
@@ -473,7 +512,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
                 f"acc {rec['accuracy']:.3f} ppl {rec.get('ppl_cb0', 0):.1f}/{rec.get('ppl_cb1', 0):.1f} "
                 f"τ {rec['temperature']:.3f} lr {lr:.3g} {rec['audio_seconds_per_second']:.0f} s/s "
                 f"{state['hours_seen']:.3f} h seen")
-            meter, grad_norms, t_log = Meter(), [], time.time()
+            meter, grad_norms, t_log, sim_counts = Meter(), [], time.time(), SimulationCounts()
 
         if args.val_shards and (step % int(train["val_every"]) == 0 or step == last_step):
             val_loader = make_stream(args.val_shards, per_gpu, args, dist, train=False)

@@ -48,8 +48,17 @@ def simulate(
                                           "training does.")] = True,
     shard_size: Annotated[int, typer.Option(help="Utterances per output shard.")] = 5000,
     audio_format: Annotated[str, typer.Option("--format", help="wav | flac.")] = "wav",
+    max_utterance_seconds: Annotated[float, typer.Option(
+        help="Longest utterance, as the trainer's --max-utterance-seconds: a concatenation is "
+             "cut to min(this, batch seconds / rows in its batch).")] = 30.0,
+    split: Annotated[str, typer.Option(
+        help="Source rows to write by their split column: train (rows whose split is train or "
+             "unknown), dev, test or all. Dev and test utterances are never degraded.")] = "train",
+    val_output: Annotated[Optional[Path], typer.Option(
+        "--val-output", help="Also write the source's dev rows, undegraded, as validation "
+                             "shards in this folder (for --val-shards).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace shards a previous run left in "
-                                            "--output.")] = False,
+                                            "--output (and --val-output).")] = False,
 ) -> None:
     """Degrade a LibriSpeech source batch by batch and write listenable WebDataset shards.
 
@@ -59,15 +68,20 @@ def simulate(
     says what was done (`simulation`: condition, partner or noise/music id, SNR, offsets);
     OUTPUT/simulation.parquet lists it all, OUTPUT/simulation.json sums the run up.
     The trainer applies the same code online with `trainer pretrain --simulate COND`.
+
+    Only training rows are written by default: the source's dev and test utterances (its split column, as `corpus import` writes it) are left out and counted.
     """
     from corpus_tools.progress import fail, progress_bar, stdout, user_errors
     from corpus_tools.simulate import simulate_offline
+    from corpus_tools.splits import CHOICES
 
+    if split not in CHOICES:
+        raise typer.BadParameter(f"use one of {', '.join(CHOICES)}", param_hint="--split")
     with user_errors():  # bad input (ValueError, missing files, FileExistsError) → one line
         if audio_format not in ("wav", "flac"):
             raise fail(f"--format must be wav or flac, not {audio_format!r}")
-        if batch_seconds <= 0 or shard_size <= 0:
-            raise fail("--batch-seconds and --shard-size must be positive")
+        if batch_seconds <= 0 or shard_size <= 0 or max_utterance_seconds <= 0:
+            raise fail("--batch-seconds, --shard-size and --max-utterance-seconds must be positive")
         with progress_bar() as bar:
             task = bar.add_task(f"simulate {condition}", total=None, info="")
             done = {"s": 0.0}
@@ -81,11 +95,18 @@ def simulate(
                 batch_seconds=batch_seconds, bucket_buffer=bucket_buffer,
                 max_span_seconds=max_span_seconds or None, shuffle=shuffle,
                 shard_size=shard_size, audio_format=audio_format, overwrite=overwrite,
-                on_batch=on_batch)
+                on_batch=on_batch, split=split, val_output=val_output,
+                max_utterance_seconds=max_utterance_seconds)
+    if summary["left_out"]["message"]:
+        stdout.print(summary["left_out"]["message"])
     stdout.print(
         f"{summary['condition']}: {summary['modified']}/{summary['utterances']} utterances modified "
         f"in {summary['batches']} batches, {summary['output_seconds'] / 3600:.3f} h written to "
         f"{len(summary['shards'])} shard(s) in {output}")
+    if "val_output" in summary:
+        v = summary["val_output"]
+        stdout.print(f"validation: {v['utterances']} dev utterances, undegraded, in "
+                     f"{len(v['shards'])} shard(s) in {v['path']}")
 
 
 def register(app: typer.Typer) -> None:

@@ -57,7 +57,10 @@ def register(app: typer.Typer) -> None:
         noise: Optional[str] = typer.Option(None, help="Noise clip manifest for --simulate."),
         music: Optional[str] = typer.Option(None, help="Music clip manifest for --simulate."),
         stems: Optional[str] = typer.Option(None, help="`corpus stem` folder for --simulate."),
-        simulate_source: Optional[str] = typer.Option(None, help="Speech pool for --simulate partners."),
+        simulate_source: Optional[str] = typer.Option(
+            None, help="Speech pool (shards or a segments manifest) for the partners of --simulate 1spk-concat, "
+                       "2spk-concat and 2spk-mix-X; default: the training shards themselves. Dev/test "
+                       "utterances are never partners."),
         init: Optional[str] = typer.Option(None, help="Initialise from our checkpoint, an HF folder or a fairseq .pt."),
         tensorboard: bool = common.TENSORBOARD,
         set_: list[str] = common.MODEL_OVERRIDES,
