@@ -368,3 +368,27 @@ def test_torchrun_two_processes_unfrozen_transformer_stays_synchronised(data, tm
     assert not torch.equal(a[key], init[key]), "the transformer trained after the unfreeze"
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_labels_come_from_training_rows_only(data, tmp_path):
+    """A --train manifest that also holds dev rows: the label budget is drawn from the train rows,
+    and a manifest with no train rows is refused with one clear line."""
+    import polars as pl
+
+    from corpus_tools.reader import list_shards, read_shard_records
+
+    df = pl.read_parquet(data["manifest"])
+    mixed = df.with_columns(pl.when(pl.int_range(pl.len()) < 10).then(pl.lit("dev")).otherwise(pl.lit("train"))
+                            .alias("split"))
+    mixed.write_parquet(tmp_path / "mixed.parquet")
+    train_hours = float(mixed.filter(pl.col("split") == "train")["duration"].sum()) / 3600
+    said = []
+    folder, info = prepare_training_data(str(tmp_path / "mixed.parquet"), train_hours, 0, tmp_path / "run",
+                                         log=said.append)
+    ids = {r.meta["id"] for p in list_shards(folder) for r in read_shard_records(p)}
+    dev_ids = set(mixed.filter(pl.col("split") == "dev")["segment_id"].to_list())
+    assert len(ids) == 20 and not ids & dev_ids, (len(ids), ids & dev_ids)
+    assert any("left out 10 dev" in m for m in said), said
+    mixed.with_columns(pl.lit("dev").alias("split")).write_parquet(tmp_path / "dev.parquet")
+    with pytest.raises(ValueError, match="no training rows"):
+        prepare_training_data(str(tmp_path / "dev.parquet"), None, 0, tmp_path / "run2", log=said.append)

@@ -285,7 +285,16 @@ def prepare_training_data(src: str, label_hours: float | None, seed: int, run_di
         from corpus_tools.manifests import read_segments
         from corpus_tools.shards import write_shards
 
-        df = read_segments(src)
+        from corpus_tools.splits import select_segments
+
+        # Labels come from training rows only: a manifest that also holds dev/test rows must not
+        # train on them, and the label budget is drawn from what is trained on.
+        df, left_out = select_segments(read_segments(src), "train")
+        if left_out:
+            log(f"{src}: {left_out.message().split(';')[0]}")
+        if df.height == 0:
+            raise ValueError(f"{src} holds no training rows (its split column marks every row dev or "
+                             "test); fine-tune on a manifest with train rows")
         if label_hours is not None:
             seconds = df.select(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start")).sum()).item()
             available = float(seconds or 0.0) / 3600
