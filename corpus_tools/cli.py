@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "ingest",
     "segment",
     "stats",
+    "score",
     "shard",
     "importers",
     "holdout",
