@@ -7,6 +7,8 @@ Sections, each only when its inputs exist:
 2. **Segmentation** — the Table 14 table of every method (``corpus_tools.stats.method_stats``),
    an hours funnel per method (ok audio → phrase filter → short → music/VAD → kept) and the
    length histograms (``corpus_tools.stats.plot_lengths``).
+   **Segmentation quality** — when ``segments/scores.json`` exists (`corpus score`): the score
+   table per method against the reference annotations.
 3. **Shards** — per shard set given with ``shards``: shards, utterances, hours, size.
 4. **Training runs** — per run directory: kind (pre-training / fine-tuning, told apart by the
    logged fields), steps, hours of audio seen, last and best values; the curves drawn from
@@ -141,6 +143,32 @@ def funnel_rows(stats: pl.DataFrame, ok_hours: float) -> list[list[str]]:
 def table14_rows(stats: pl.DataFrame) -> list[list[str]]:
     return [[r["method"], f"{r['segments']:,}", f"{r['hours']:.3f}", f"{r['discarded_pct']:.2f}",
              f"{r['mean_s']:.2f}", f"{r['min_s']:.2f}", f"{r['max_s']:.2f}"] for r in stats.iter_rows(named=True)]
+
+
+def segmentation_quality_blocks(wd: WorkDir, methods: list[str] | None = None) -> list[Block]:
+    """The `corpus score` table of ``segments/scores.json``; nothing when it does not exist."""
+    from corpus_tools.score.run import SCORES_JSON, read_scores
+    from corpus_tools.score.table import display_rows
+
+    scores = read_scores(wd)
+    rows_in = [r for r in (scores or {}).get("methods", []) if not methods or r.get("method") in methods]
+    if not rows_in:
+        return []
+    headers, rows = display_rows(rows_in, scores.get("collars", []))
+    scored, skipped = len(scores.get("scored", [])), len(scores.get("skipped", []))
+    scored_at = (wd.segments_dir / SCORES_JSON).stat().st_mtime
+    newer = [r["method"] for r in rows_in if wd.segments(r["method"]).exists()
+             and wd.segments(r["method"]).stat().st_mtime > scored_at]
+    stale = ([Para(f"Segments of {', '.join(newer)} were written after these scores: rerun `corpus score`.")]
+             if newer else [])
+    return [Heading("Segmentation quality"), *stale,
+            Para(f"`corpus score` against {scores.get('reference', 'a reference')}: {scored} recording(s) "
+                 f"scored, {skipped} without a reference skipped. Shares are of kept time, summed over "
+                 f"the scored recordings (music under speech counts as both); purity is the kept time "
+                 f"spoken by each segment's dominant reference speaker; 2-spk segments have a second "
+                 f"speaker for more than {scores.get('second_speaker_min_s', 1.0):g} s; DER/JER are "
+                 f"pyannote.metrics' at each collar (see docs/score.md)."),
+            Table(headers, rows, caption="Segmentation quality per method")]
 
 
 # -- shards ------------------------------------------------------------------------------
@@ -365,6 +393,7 @@ def build_report(workdir: str | Path, out: str | Path, runs: Sequence[str | Path
                               "music/VAD is audio no segment covered"))
         png = plot_lengths(wd, files / "lengths.png", methods)
         rep.add(Image(png, "Segment length histograms per method"))
+        rep.add(*segmentation_quality_blocks(wd, methods))
 
     # 3. shards
     if shards:

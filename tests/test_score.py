@@ -1,5 +1,6 @@
 """`corpus score`: hand-built references whose answers are known exactly, every reference
-format, matching, DER/JER against pyannote.metrics called directly, the CLI and its errors."""
+format, matching, DER/JER against pyannote.metrics called directly, the CLI and its errors,
+and the report section."""
 
 from __future__ import annotations
 
@@ -356,6 +357,25 @@ def test_cli_prints_table_and_writes_csv_json(tiny):
     data = json.loads((wd.segments_dir / "scores.json").read_text())
     assert data["skipped"] == ["bc002"] and data["scored"] == ["bc000", "news"]
     assert [m["method"] for m in data["methods"]] == ["seq", "sad"]
+
+
+def test_cli_method_selection_and_report_section(tiny, tmp_path):
+    from corpus_tools.report import build_report
+
+    wd, ref_dir = tiny
+    res = cli.invoke(app, ["score", str(wd.root), "-r", str(ref_dir), "--method", "sad"])
+    assert res.exit_code == 0, res.output
+    assert [m["method"] for m in json.loads((wd.segments_dir / "scores.json").read_text())["methods"]] == ["sad"]
+    out = build_report(wd.root, tmp_path / "r.md")
+    text = out.read_text()
+    assert "## Segmentation quality" in text and "| sad |" in text and "speech P %" in text
+
+
+def test_report_has_no_quality_section_without_scores(tiny, tmp_path):
+    from corpus_tools.report import build_report
+
+    wd, _ = tiny
+    assert "Segmentation quality" not in build_report(wd.root, tmp_path / "r.md").read_text()
 
 
 def test_cli_reports_references_for_no_recording(tiny):
