@@ -9,7 +9,9 @@ Used by ``make demo`` and by the tests. Sources (all arrive through package regi
 * ``espeak-ng -v nl`` for Dutch speech (synthetic, several voices).
 
 Each built file comes with its timeline (kind per stretch), so tests can check that
-segmentation keeps speech and leaves music and silence out.
+segmentation keeps speech and leaves music and silence out, and with a reference for
+`corpus score` in ``reference/``: ``<id>.rttm`` (speaker turns) and ``<id>.labels.csv``
+(music / noise / silence stretches).
 """
 
 from __future__ import annotations
@@ -165,6 +167,7 @@ def build_sample_archive(out_dir: str | Path, n_broadcasts: int = 2, dutch: bool
         rid = f"bc{i:03d}"
         wav = out / f"{rid}.wav"
         timelines[rid] = [asdict(s) for s in build_broadcast(wav, seed=i, dutch=dutch)]
+        write_sample_reference(out / REFERENCE_DIR, rid, timelines[rid], load_audio(wav))
         if i % 3 == 1:  # vary containers like a real archive: mp3 and AAC-in-mp4
             _ffmpeg("-i", str(wav), "-c:a", "libmp3lame", "-b:a", "96k", str(out / f"{rid}.mp3"))
             wav.unlink()
@@ -186,6 +189,68 @@ def build_sample_archive(out_dir: str | Path, n_broadcasts: int = 2, dutch: bool
         w.writerows(meta)
     (out / "timelines.json").write_text(json.dumps(timelines, indent=1))
     return out
+
+
+REFERENCE_DIR = "reference"
+# espeak-ng ends each utterance with ~0.4 s of digital silence and the alsa clips carry some
+# too: a reference turn runs from the first to the last sample above -40 dBFS of its stretch.
+SPEECH_EDGE_LEVEL = 0.01
+ALSA_SPEAKER = "alsa"  # the alsa-utils clips are read by one voice
+
+
+def sample_reference(timeline: list[dict], audio: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+    """Speaker turns and non-speech labels of a built broadcast, from its timeline and audio.
+
+    Each espeak voice is a speaker (``espeak:nl+m3``); the pyannote call contributes the turns
+    of its own ``sample.rttm`` (``pyannote:speaker90``), shifted to where it sits; the alsa clips
+    are one speaker. Music, noise and silence stretches become labels of that kind."""
+    from corpus_tools.score.reference import load_references
+
+    turns, labels = [], []
+    for st in timeline:
+        start, end, kind, src = float(st["start"]), float(st["end"]), st["kind"], st["source"]
+        if kind != "speech":
+            labels.append((start, end, kind))
+        elif src == "pyannote:sample.wav":
+            call = load_references(pyannote_sample_dir() / "sample.rttm")["sample"]
+            turns += [(start + t0, min(end, start + t1), f"pyannote:{spk}") for t0, t1, spk in call.turns]
+        else:
+            chunk = audio[int(round(start * TARGET_SR)):int(round(end * TARGET_SR))]
+            loud = np.flatnonzero(np.abs(chunk) > SPEECH_EDGE_LEVEL)
+            if loud.size:
+                speaker = ALSA_SPEAKER if src.startswith("alsa:") else src
+                turns.append((start + loud[0] / TARGET_SR, start + (loud[-1] + 1) / TARGET_SR, speaker))
+    return sorted(turns), labels
+
+
+def write_sample_reference(ref_dir: Path, rid: str, timeline: list[dict], audio: np.ndarray) -> None:
+    """``ref_dir/<rid>.rttm`` (speaker turns) and ``ref_dir/<rid>.labels.csv`` (non-speech)."""
+    import csv
+
+    from corpus_tools.score.metrics import annotation
+
+    turns, labels = sample_reference(timeline, audio)
+    ref_dir.mkdir(parents=True, exist_ok=True)
+    with open(ref_dir / f"{rid}.rttm", "w", encoding="utf-8") as fh:
+        annotation(turns, rid).write_rttm(fh)
+    with open(ref_dir / f"{rid}.labels.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["recording", "start", "end", "label"])
+        w.writerows([rid, f"{a:.4f}", f"{b:.4f}", kind] for a, b, kind in labels)
+
+
+def write_missing_references(out: Path) -> int:
+    """References for an archive built before they were written (decoded from its media)."""
+    timelines = json.loads((out / "timelines.json").read_text())
+    done = 0
+    for rid, timeline in timelines.items():
+        if (out / REFERENCE_DIR / f"{rid}.rttm").exists():
+            continue
+        media = [p for p in sorted(out.glob(f"{rid}.*")) if p.suffix in (".wav", ".mp3", ".mp4")]
+        if media:
+            write_sample_reference(out / REFERENCE_DIR, rid, timeline, load_audio(media[0]))
+            done += 1
+    return done
 
 
 def _has_encoder(name: str) -> bool:
@@ -221,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("usage: python -m corpus_tools.samples OUT_DIR [N_BROADCASTS]")
     out = Path(args[0])
     if (out / "timelines.json").exists():
-        print(f"sample archive already in {out}")
+        added = write_missing_references(out)
+        print(f"sample archive already in {out}" + (f" (wrote {added} missing reference(s))" if added else ""))
         return
     n = int(args[1]) if len(args) > 1 else 2
     build_sample_archive(out, n_broadcasts=n)

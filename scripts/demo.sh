@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole chain on a bundled sample, on CPU, with the offline models that packages ship:
-#   models → sample archive → ingest → segment (all ten methods) → stats → shard → pretrain (tiny)
+#   models → sample archive → ingest → segment (all ten methods) → stats → score → shard → pretrain (tiny)
 #   → plot → finetune (tiny) → evaluate → report
 # These are the commands a user runs on a GPU cluster (docs/walkthrough.md), with Whisper base
 # instead of large-v2, the `tiny` model config instead of `base`, and a few hundred steps.
@@ -37,6 +37,9 @@ corpus segment "$OUT/work" --method all --whisper-model base --beam-size 1 --bat
 
 step "corpus stats (Table 14 layout)"
 corpus stats "$OUT/work" --plot "$OUT/work/lengths.png" --csv "$OUT/work/table14.csv"
+
+step "corpus score: every method against the sample's own reference (speaker turns + non-speech labels)"
+corpus score "$OUT/work" --reference "$OUT/archive/reference"
 
 step "corpus shard: wx-diar-3s, the method of the thesis' 55 k-hour corpus"
 corpus shard "$OUT/work" --method wx-diar-3s -o "$OUT/shards/wx-diar-3s" --samples-per-shard 8 --no-progress
@@ -88,6 +91,7 @@ artefacts ($((SECONDS - START)) s):
   recordings manifest     $OUT/work/recordings.parquet
   segments manifests      $OUT/work/segments/*.parquet   (+ *.drops.json per method)
   Table 14 + histograms   $OUT/work/table14.csv  $OUT/work/lengths.png
+  segmentation quality    $OUT/work/segments/scores.csv  (reference: $OUT/archive/reference/)
   shards                  $OUT/shards/wx-diar-3s  $SHARDS (trained on)
   pre-training run        $OUT/runs/pretrain     (log.jsonl, checkpoints/, plots/)
   fine-tuning run         $OUT/runs/finetune     (log.jsonl, checkpoints/)

@@ -1,9 +1,10 @@
 """`corpus score`: hand-built references whose answers are known exactly, every reference
 format, matching, DER/JER against pyannote.metrics called directly, the CLI and its errors,
-and the report section."""
+the report section, and the bundled sample archive scored against its own reference."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -417,3 +418,101 @@ def test_cli_bad_input_gives_one_clear_line(tiny, tmp_path):
 
     res = cli.invoke(app, ["score", str(tmp_path / "nowork"), "--reference", str(ref_dir)])
     assert res.exit_code == 2 and "recordings.parquet not found" in _one_error_line(res.output)
+
+
+# -- the bundled sample, scored against its own reference ----------------------------------
+
+
+def merged(intervals):
+    out = []
+    for s, e in sorted((float(a), float(b)) for a, b in intervals if b > a):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return out
+
+
+def covered(s, e, union) -> float:
+    return sum(max(0.0, min(e, b) - max(s, a)) for a, b in union)
+
+
+def independent_scores(segs: list[tuple[float, float]], turns: list[tuple[float, float, str]],
+                       labels: list[tuple[float, float, str]]) -> dict[str, float]:
+    """The same numbers with plain interval arithmetic, nothing shared with corpus_tools.score."""
+    speech = merged([(s, e) for s, e, _ in turns])
+    music = merged([(s, e) for s, e, k in labels if k == "music"])
+    noise = merged([(s, e) for s, e, k in labels if k == "noise"])
+    heard = merged([(s, e) for s, e, _ in turns] + [(s, e) for s, e, k in labels if k in ("music", "noise")])
+    speakers = {spk: merged([(s, e) for s, e, k in turns if k == spk]) for _, _, spk in turns}
+    kept = sum(e - s for s, e in segs)
+    dominant, multi = 0.0, 0
+    for s, e in segs:
+        talk = sorted((covered(s, e, u) for u in speakers.values()), reverse=True)
+        dominant += talk[0]
+        multi += len(talk) > 1 and talk[1] > 1.0
+    kept_union = merged(segs)
+    return {"speech_precision": sum(covered(s, e, speech) for s, e in segs) / kept,
+            "speech_recall": sum(covered(s, e, kept_union) for s, e in speech) / sum(e - s for s, e in speech),
+            "music_share": sum(covered(s, e, music) for s, e in segs) / kept,
+            "noise_share": sum(covered(s, e, noise) for s, e in segs) / kept,
+            "silence_share": sum((e - s) - covered(s, e, heard) for s, e in segs) / kept,
+            "speaker_purity": dominant / kept, "multi_speaker_segments": multi}
+
+
+def read_sample_reference(ref_dir: Path, rid: str):
+    turns = [(float(f[3]), float(f[3]) + float(f[4]), f[7])
+             for f in (line.split() for line in (ref_dir / f"{rid}.rttm").read_text().splitlines())]
+    with open(ref_dir / f"{rid}.labels.csv", newline="") as fh:
+        labels = [(float(r["start"]), float(r["end"]), r["label"]) for r in csv.DictReader(fh)]
+    return turns, labels
+
+
+def test_sample_reference_follows_the_timeline(tmp_path):
+    """The archive's reference: espeak voices and alsa clips trimmed to where the voice is, the
+    pyannote call's own RTTM turns shifted to where the call sits, non-speech as labelled."""
+    from corpus_tools.samples import build_sample_archive, pyannote_sample_dir
+
+    arch = build_sample_archive(tmp_path / "a", n_broadcasts=1)
+    timeline = json.loads((arch / "timelines.json").read_text())["bc000"]
+    turns, labels = read_sample_reference(arch / "reference", "bc000")
+    call = next(st for st in timeline if st["source"] == "pyannote:sample.wav")
+    call_turns = [t for t in turns if t[2].startswith("pyannote:")]
+    first = (pyannote_sample_dir() / "sample.rttm").read_text().split()
+    assert call_turns[0][0] == pytest.approx(call["start"] + float(first[3]), abs=1e-3)
+    assert {t[2] for t in call_turns} == {"pyannote:speaker90", "pyannote:speaker91"}
+    speech = [st for st in timeline if st["kind"] == "speech" and not st["source"].startswith("pyannote")]
+    others = [t for t in turns if not t[2].startswith("pyannote:")]
+    assert len(others) == len(speech)
+    for st, (s, e, spk) in zip(speech, others):
+        assert st["start"] <= s < e <= st["end"] and e - s > 0.5 * (st["end"] - st["start"])
+        assert spk == ("alsa" if st["source"].startswith("alsa:") else st["source"])
+    assert labels == [(pytest.approx(st["start"], abs=1e-4), pytest.approx(st["end"], abs=1e-4), st["kind"])
+                      for st in timeline if st["kind"] != "speech"]
+
+
+@pytest.mark.slow
+def test_sample_archive_scored_against_its_own_reference(tmp_path, models_dir):
+    from corpus_tools.samples import build_sample_archive
+
+    arch = build_sample_archive(tmp_path / "archive", n_broadcasts=1)
+    work = tmp_path / "work"
+    assert cli.invoke(app, ["ingest", str(arch), "-o", str(work)]).exit_code == 0
+    res = cli.invoke(app, ["segment", str(work), "--method", "seq,sad", "--models-dir", str(models_dir),
+                           "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["score", str(work), "--reference", str(arch / "reference")])
+    assert res.exit_code == 0, res.output
+    df = pl.read_csv(work / "segments" / "scores.csv")
+    seq, sad = (df.filter(pl.col("method") == m).row(0, named=True) for m in ("seq", "sad"))
+    assert sad["speech_precision"] > 0.8 and seq["speech_precision"] < sad["speech_precision"]
+    assert sad["music_share"] < seq["music_share"]
+
+    turns, labels = read_sample_reference(arch / "reference", "bc000")
+    for method, row in (("seq", seq), ("sad", sad)):
+        segs = [(r["start"], r["end"]) for r in pl.read_parquet(work / "segments" / f"{method}.parquet").iter_rows(named=True)]
+        want = independent_scores(segs, turns, labels)
+        for key, value in want.items():
+            assert row[key] == pytest.approx(value, abs=1e-6), (method, key)
+        printed = next(line for line in res.output.splitlines() if line.strip("│ ").startswith(method))
+        assert f"{100 * want['speech_precision']:.1f}" in printed and f"{100 * want['speaker_purity']:.1f}" in printed
