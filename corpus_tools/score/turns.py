@@ -1,22 +1,23 @@
 """Where the diarization turns behind a method's speaker labels are found: the ``wx-diar``
 stage cache of each recording (``{"segments": [...], "turns": [[start, end, speaker], ...]}``).
 
-The folder is looked up the way `corpus segment` names it: from the settings recorded in
-``segments/<method>.drops.json`` through ``StageCache``. Caches written by a version that
-named its folders differently are still found: a ``cache/wx-diar-*/`` folder whose
-``settings.json`` holds the same settings, else the one folder that has the recording.
-Several candidates and none matching the settings: the turns are not guessed.
+`corpus segment` writes that cache to ``cache/wx-diar-<key hash>/<recording>.json`` and
+records beside it, in ``settings.json``, what the hash stands for; the method's
+``segments/<method>.drops.json`` records the settings (and, where the runner keys caches on
+models, the models) it was made with. The folder used is the one whose ``settings.json``
+agrees with the method's ``drops.json`` on every setting both name and on the models. This
+does not recompute the hash, so it keeps working when the way the key is hashed changes.
+When no folder agrees, the one folder that has the recording is used; with several and none
+agreeing, the turns are not guessed (the recording is left out of DER/JER, with a note).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 from corpus_tools.manifests import WorkDir
-from corpus_tools.segment.backends import SegmentConfig
-from corpus_tools.segment.runner import METHOD_STAGES, StageCache
+from corpus_tools.segment.runner import METHOD_STAGES, _safe
 
 DIAR_STAGE = "wx-diar"
 
@@ -25,55 +26,40 @@ def has_diarization(method: str) -> bool:
     return DIAR_STAGE in METHOD_STAGES.get(method, ())
 
 
-def method_config(wd: WorkDir, method: str) -> SegmentConfig | None:
-    """The segmentation settings a method's manifest was written with (None if unrecorded)."""
-    path = wd.segments_dir / f"{method}.drops.json"
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8")).get("settings")
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(settings, dict):
-        return None
-    known = {f.name for f in fields(SegmentConfig)}
-    return SegmentConfig(**{k: v for k, v in settings.items() if k in known})
-
-
 def turns_file(wd: WorkDir, method: str, rid: str) -> Path | None:
     """The cache file holding the diarization of recording ``rid`` for ``method``, or None."""
     if not has_diarization(method):
         return None
-    cfg = method_config(wd, method)
-    name = StageCache(wd, cfg or SegmentConfig()).path(DIAR_STAGE, rid).name
-    if cfg is not None:
-        cache = StageCache(wd, cfg)
-        exact = cache.path(DIAR_STAGE, rid)
-        if exact.exists():
-            return exact
-    candidates = sorted(p for p in (wd.root / "cache").glob(f"{DIAR_STAGE}-*/{name}") if p.is_file())
-    if cfg is not None:
-        want = {"stage": DIAR_STAGE, **cfg.stage_key(DIAR_STAGE)}
-        same = [p for p in candidates if _settings(p.parent) == want]
-        if len(same) == 1:
-            return same[0]
+    candidates = sorted(p for p in (wd.root / "cache").glob(f"{DIAR_STAGE}-*/{_safe(rid)}.json") if p.is_file())
+    drops = _read_json(wd.segments_dir / f"{method}.drops.json") or {}
+    agreeing = [p for p in candidates if _agrees(_read_json(p.parent / "settings.json"), drops)]
+    if len(agreeing) == 1:
+        return agreeing[0]
     return candidates[0] if len(candidates) == 1 else None
+
+
+def _agrees(folder: dict | None, drops: dict) -> bool:
+    """Whether a cache folder's settings.json matches what a method's drops.json recorded."""
+    settings = drops.get("settings")
+    if not isinstance(folder, dict) or not isinstance(settings, dict) or folder.get("stage") != DIAR_STAGE:
+        return False
+    if "models" in folder and "models" in drops and folder["models"] != drops["models"]:
+        return False
+    shared = [k for k in folder if k not in ("stage", "models") and k in settings]
+    return all(folder[k] == settings[k] for k in shared)
 
 
 def cached_turns(wd: WorkDir, method: str, rid: str) -> list[tuple[float, float, str]] | None:
     path = turns_file(wd, method, rid)
-    if path is None:
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    turns = data.get("turns")
+    data = _read_json(path) if path is not None else None
+    turns = data.get("turns") if isinstance(data, dict) else None
     if not isinstance(turns, list):
         return None
     return [(float(t[0]), float(t[1]), str(t[2])) for t in turns]
 
 
-def _settings(folder: Path) -> dict | None:
+def _read_json(path: Path):
     try:
-        return json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
