@@ -13,12 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from corpus_tools.cli import app
-from corpus_tools.manifests import RECORDINGS_SCHEMA, WorkDir, conform, write_recordings, write_segments
+from corpus_tools.manifests import (RECORDINGS_SCHEMA, SEGMENTS_SCHEMA, WorkDir, conform, write_recordings,
+                                    write_segments)
 from corpus_tools.score import metrics
 from corpus_tools.score.reference import Reference, ReferenceError, load_references, match_references
 from corpus_tools.score.run import run_score
-from corpus_tools.segment import runner
-from corpus_tools.segment.backends import SegmentConfig
 
 cli = CliRunner()
 
@@ -38,7 +37,7 @@ def write_workdir(root: Path, recordings: dict[str, tuple[str, float]],
                      start=s, end=e, duration=e - s, text="", speaker=spk, method=method, language="nl",
                      session=rid) for i, (rid, s, e, spk) in enumerate(segs)]
         write_segments(conform(pl.DataFrame(rows, schema_overrides={"speaker": pl.String}),
-                               runner.SEGMENTS_SCHEMA), wd.segments(method))
+                               SEGMENTS_SCHEMA), wd.segments(method))
     return wd
 
 
@@ -245,14 +244,26 @@ HYP_TURNS = [(0.0, 10.1, "SPEAKER_00"), (10.1, 20.1, "SPEAKER_01"), (20.1, 25.0,
              (25.0, 30.0, "SPEAKER_01")]
 
 
+SETTINGS = {"whisper_model": "base", "language": "nl", "vad_model": None, "beam_size": 1, "align_model": None,
+            "diarize_model": None}
+
+
+def put_diarization(wd: WorkDir, folder: str, turns, settings: dict) -> Path:
+    """A wx-diar stage cache entry as `corpus segment` lays it out (docs/manifests.md)."""
+    d = wd.root / "cache" / folder
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "settings.json").write_text(json.dumps({"stage": "wx-diar", **settings}))
+    (d / "bc000.json").write_text(json.dumps({"segments": [], "turns": [list(t) for t in turns]}))
+    return d
+
+
 def diarized_workdir(root: Path) -> WorkDir:
     segs = [("bc000", s, e, f"bc000:{spk}") for s, e, spk in HYP_TURNS]
     wd = write_workdir(root / "work", {"bc000": ("bc000", 30.0)},
                        {"wx-diar": segs, "sad": [("bc000", s, e, None) for _, s, e, _ in segs]})
-    cfg = SegmentConfig(whisper_model="base")
-    runner.StageCache(wd, cfg).put("wx-diar", "bc000", {"segments": [], "turns": [list(t) for t in HYP_TURNS]})
-    df = pl.read_parquet(wd.segments("wx-diar"))
-    runner.write_method(wd, "wx-diar", df, {"kept_seconds": 30.0}, cfg)  # drops.json with the settings
+    (wd.segments_dir / "wx-diar.drops.json").write_text(json.dumps(
+        {"kept_seconds": 30.0, "method": "wx-diar", "settings": {**SETTINGS, "device": "cpu", "batch_size": 4}}))
+    put_diarization(wd, "wx-diar-0123456789", HYP_TURNS, SETTINGS)
     rttm(root / "ref" / "bc000.rttm", "bc000", REF_TURNS)
     return wd
 
@@ -294,26 +305,36 @@ def test_der_jer_equal_pyannote_called_directly(tmp_path):
     assert sad["der_collar0"] is None and sad["label_purity"] is None
 
 
-def test_diarization_cache_found_when_folder_names_change(tmp_path):
-    """Another version may hash the settings differently: the folder with the same settings.json
-    is used; with several and none matching, DER is left out and a note says so."""
+def test_diarization_cache_is_the_folder_whose_settings_match(tmp_path):
+    """The folder is chosen by its settings.json, not by recomputing its hash (which another
+    version may compute differently): with several, the one agreeing with drops.json; with
+    several and none agreeing, DER is left out and a note says so."""
     wd = diarized_workdir(tmp_path)
-    (folder,) = (wd.root / "cache").glob("wx-diar-*")
-    folder.rename(folder.with_name("wx-diar-otherhash01"))
+    put_diarization(wd, "wx-diar-aaaaaaaaaa", [(0.0, 30.0, "X")], {**SETTINGS, "whisper_model": "large-v2"})
     row = run_score(wd.root, tmp_path / "ref", ["wx-diar"]).methods.row(0, named=True)
     assert row["der_collar0"] == pytest.approx((0.2 + 5.0) / 30.0, abs=1e-6)
 
-    other = wd.root / "cache" / "wx-diar-otherhash02"
-    other.mkdir()
-    (other / "bc000.json").write_text(json.dumps({"segments": [], "turns": [[0.0, 30.0, "X"]]}))
-    (other / "settings.json").write_text(json.dumps({"stage": "wx-diar", "whisper_model": "large-v2"}))
-    row = run_score(wd.root, tmp_path / "ref", ["wx-diar"]).methods.row(0, named=True)
-    assert row["der_collar0"] == pytest.approx((0.2 + 5.0) / 30.0, abs=1e-6)  # settings decide
-
-    (folder.with_name("wx-diar-otherhash01") / "settings.json").write_text("{}")
+    put_diarization(wd, "wx-diar-0123456789", HYP_TURNS, {**SETTINGS, "diarize_model": "other"})
     res = run_score(wd.root, tmp_path / "ref", ["wx-diar"])
     assert res.methods.row(0, named=True)["der_collar0"] is None
-    assert any("no cached diarization turns" in n for n in res.notes)
+    assert any("wx-diar: no cached diarization turns for 1 recording(s) (bc000)" in n for n in res.notes)
+
+
+def test_diarization_cache_keyed_on_models(tmp_path):
+    """Where the key names the models that made a stage (settings.json and drops.json both
+    record them), the models decide; a sole folder is used whatever it records."""
+    wd = diarized_workdir(tmp_path)
+    drops = json.loads((wd.segments_dir / "wx-diar.drops.json").read_text())
+    models = {"diarization": {"name": "pyannote-seg3-campplus", "fingerprint": "abc"}}
+    (wd.segments_dir / "wx-diar.drops.json").write_text(json.dumps({**drops, "models": models}))
+    put_diarization(wd, "wx-diar-0123456789", HYP_TURNS, {"language": "nl", "beam_size": 1, "models": models})
+    row = run_score(wd.root, tmp_path / "ref", ["wx-diar"]).methods.row(0, named=True)
+    assert row["der_collar0"] == pytest.approx((0.2 + 5.0) / 30.0, abs=1e-6)  # the sole folder
+
+    other = {"diarization": {"name": "pyannote-seg3-campplus", "fingerprint": "def"}}
+    put_diarization(wd, "wx-diar-bbbbbbbbbb", [(0.0, 30.0, "X")], {"language": "nl", "beam_size": 1, "models": other})
+    row = run_score(wd.root, tmp_path / "ref", ["wx-diar"]).methods.row(0, named=True)
+    assert row["der_collar0"] == pytest.approx((0.2 + 5.0) / 30.0, abs=1e-6)  # same models, not "def"
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -382,9 +403,12 @@ def test_report_has_no_quality_section_without_scores(tiny, tmp_path):
 def test_cli_reports_references_for_no_recording(tiny):
     wd, ref_dir = tiny
     rttm(ref_dir / "ghost.rttm", "ghost", [(0.0, 1.0, "Z")])
+    (ref_dir / "bc002.txt").write_text("0\t30\tmusic\n")  # labels, but no RTTM for bc002
     res = cli.invoke(app, ["score", str(wd.root), "--reference", str(ref_dir)])
     assert res.exit_code == 0, res.output
     assert "1 reference(s) match no ok recording: ghost" in res.output
+    assert "1 recording(s) have labels or word times but no RTTM speaker turns and are not scored: bc002" in res.output
+    assert "scored 2 recording(s); 0 without a reference skipped" in res.output
 
 
 def _one_error_line(output: str) -> str:
@@ -412,6 +436,12 @@ def test_cli_bad_input_gives_one_clear_line(tiny, tmp_path):
     res = cli.invoke(app, ["score", str(wd.root), "--reference", str(ghost)])
     line = _one_error_line(res.output)
     assert res.exit_code == 2 and "no reference matches a recording" in line and "ghost" in line
+
+    only_labels = tmp_path / "only-labels"
+    only_labels.mkdir()
+    (only_labels / "bc000.txt").write_text("0\t1\tmusic\n")
+    res = cli.invoke(app, ["score", str(wd.root), "--reference", str(only_labels)])
+    assert res.exit_code == 2 and "no RTTM speaker turns" in _one_error_line(res.output)
 
     res = cli.invoke(app, ["score", str(wd.root), "--reference", str(ref_dir), "--method", "w-raw"])
     assert res.exit_code == 2 and "no segments for method(s) w-raw" in _one_error_line(res.output)

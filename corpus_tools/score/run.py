@@ -90,6 +90,9 @@ def run_score(workdir: str | os.PathLike, reference: str | os.PathLike, methods:
                      f"are not scored: {short_list(no_turns)}")
     scored = sorted(rid for rid, ref in matched.items() if ref.has_turns)
     skipped = sorted(set(recs) - set(scored) - set(no_turns))
+    if not scored and no_turns:
+        raise ReferenceError(f"the references for {short_list(no_turns)} hold labels or word times but no RTTM "
+                             f"speaker turns: give an RTTM per recording (speech comes from its SPEAKER lines)")
     if not scored:
         raise ReferenceError(f"no reference matches a recording of {workdir} "
                              f"(references for: {short_list(unmatched) or 'none'}; recordings: {short_list(sorted(recs))})")
