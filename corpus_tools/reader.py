@@ -21,9 +21,12 @@ every ``consumers``-th utterance. So the shares are disjoint, every utterance is
 exactly once per epoch across ranks × workers, and no consumer starves when there are
 fewer shards than consumers.
 
-Both our shards (``corpus shard``) and nanow2v2 shards (``{key}.wav`` + ``{key}.json``)
-are read; members are grouped by key as WebDataset does (the key is the member name up to
-the first dot of its base name).
+What it reads: tar shards (plain, or gzip/bzip2/xz compressed) whose members are grouped
+by key as WebDataset does (the key is the member name up to the first dot of its base
+name), with ``.wav`` or ``.flac`` audio at 16 kHz and an optional ``.json``. So it reads
+``corpus shard`` output in both formats and nanow2v2's own shards. The other way round,
+nanow2v2's loader decodes ``.wav`` members only: it reads our wav shards, not flac ones
+(the ``webdataset`` library reads both).
 """
 
 from __future__ import annotations
@@ -128,16 +131,25 @@ def padding_fraction(batches: Iterable[Batch]) -> float:
 # -- finding shards -----------------------------------------------------------------------
 
 
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+
+
 def _is_shard_name(name: str) -> bool:
-    return not name.startswith(".") and (name.endswith(".tar") or ".tar." in name)
+    return not name.startswith(".") and name.endswith(SHARD_SUFFIXES)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    """No hidden folder between ``root`` and ``path`` (``.state/`` holds resume markers)."""
+    return not any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
 
 
 def list_shards(src: str | os.PathLike | Sequence) -> list[str]:
     """Shard paths from a directory, a glob / brace pattern, a file, or a list of those.
 
-    A directory yields its ``*.tar`` files (``*.partial.tar`` included; hidden temporary
-    files excluded), searched recursively when none lie at the top. The result is sorted
-    within each source and de-duplicated.
+    A directory yields its tar files (``*.tar``, ``*.partial.tar``, compressed ``*.tar.gz``
+    …), searched recursively (hidden folders skipped) when none lie at the top; hidden files
+    (a writer's temp files) and resume markers never count. The result is sorted within each
+    source and de-duplicated.
     """
     if isinstance(src, (list, tuple)):
         out: list[str] = []
@@ -149,7 +161,8 @@ def list_shards(src: str | os.PathLike | Sequence) -> list[str]:
     if p.is_dir():
         found = sorted(str(x) for x in p.iterdir() if x.is_file() and _is_shard_name(x.name))
         if not found:
-            found = sorted(str(x) for x in p.rglob("*") if x.is_file() and _is_shard_name(x.name))
+            found = sorted(str(x) for x in p.rglob("*")
+                           if x.is_file() and _is_shard_name(x.name) and _visible(x, p))
         return found
     if p.is_file():
         return [s]

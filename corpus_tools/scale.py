@@ -468,8 +468,7 @@ def write_shards_ray(segments_df, out_dir: str | os.PathLike, *, address: str | 
     fmt = opts.get("fmt", "wav")
     if fmt not in sh.FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(sh.FORMATS)}")
-    out.mkdir(parents=True, exist_ok=True)
-    sh._check_out_dir(out, sh.plan_fingerprint(specs, fmt), opts.get("prefix", "shard"), overwrite)
+    sh.open_out_dir(out, specs, fmt, opts.get("prefix", "shard"), overwrite)
     if not specs:
         return sh.write_shards(segments_df, out, progress=False, **opts)
     ray = init_ray(address)
@@ -501,6 +500,7 @@ def finish_shard_dir(shard_dir: str | os.PathLike):
 
     out = Path(shard_dir)
     plan = _read_plan(out)
+    sh.migrate_state(out)
     markers, missing = [], []
     for name in plan["shards"]:
         m = sh._read_marker(out, name)
@@ -543,6 +543,7 @@ def gather_shard_parts(part_dirs: list[Path], out_dir: Path) -> int:
         raise MergeError("the shard directories come from different manifests or options "
                          "(their plans differ); merge only parts of one `corpus shard` run")
     out_dir.mkdir(parents=True, exist_ok=True)
+    sh.migrate_state(out_dir)
     first = next(iter(plans.values()))
     if out_dir.resolve() not in {d.resolve() for d in part_dirs}:
         try:
@@ -568,7 +569,7 @@ def gather_shard_parts(part_dirs: list[Path], out_dir: Path) -> int:
             if sh._is_done(out_dir, _Spec(name), first["fingerprint"]) is not None:
                 continue
             _link_or_copy(p, out_dir / name, shutil)
-            sh._write_json_atomic(out_dir / sh.STATE_DIR / f"{name}.json", m)  # marker last
+            sh._write_json_atomic(sh.marker_path(out_dir, name), m)  # marker last
             brought += 1
     return brought
 
@@ -579,7 +580,9 @@ class _Spec:  # the one attribute shards._is_done reads
 
 
 def _link_or_copy(src: Path, dst: Path, shutil) -> None:
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    from corpus_tools.shards import temp_path
+
+    tmp = temp_path(dst, f".{os.getpid()}")  # no ".tar" in it: shard globs must not find it
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)

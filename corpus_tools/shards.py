@@ -1,17 +1,27 @@
-"""Write segments manifests as WebDataset tar shards (nanow2v2-compatible).
+"""Write segments manifests as WebDataset tar shards (nanow2v2's layout).
 
 Layout of an output directory::
 
     shard.000000.tar ... shard.000041.partial.tar   the shards
     shards.parquet                                  index: one row per shard (written last)
     _shard_distribution.csv                         which key went to which shard (nanow2v2)
-    .state/plan.json, .state/{shard}.json           resume markers (fingerprint + checksums)
+    .state/plan.json, .state/shard.NNNNNN.json      resume markers (fingerprint + checksums)
+
+Only the shards have ``.tar`` in their names: loaders find shards by a recursive glob
+(nanow2v2 uses ``*.tar``, ``*.tar*`` and ``*.*.tar*``, hidden files included), so neither a
+marker (``.state/shard.000000.json``) nor the temp file of a shard being written
+(``.shard.000000.tmp``) may match. Folders written by earlier versions, whose markers were
+``.state/{shard}.tar.json``, are migrated when they are resumed.
 
 Each utterance is two tar members sharing a key: ``{key}.json`` then ``{key}.wav`` (or
 ``.flac``), 16 kHz mono 16-bit PCM. The json carries both our field names and nanow2v2's
-(``transcript``/``transcription``, ``speaker``/``speaker_id``, ``recording``/``recording_id``,
-``language``/``language_tag``, ``id``/``sample_id``), so nanow2v2's loader and ours read
-the same shards.
+(``speaker``/``speaker_id``, ``recording``/``recording_id``, ``language``/``language_tag``,
+``id``/``sample_id``). The text is kept twice: ``transcript`` is the manifest's text as
+given, ``transcription`` (the key nanow2v2 trains on) is that text normalised to the letter
+vocabulary by :func:`corpus_tools.text.normalize_text` for the row's language (lower case
+a–z, apostrophe, single spaces). Who reads what: wav shards are read by our reader
+(:mod:`corpus_tools.reader`), nanow2v2 and the ``webdataset`` library; flac shards by our
+reader and ``webdataset`` only, because nanow2v2 decodes ``.wav`` members and nothing else.
 
 Guarantees:
 
@@ -19,10 +29,10 @@ Guarantees:
   the manifest rows, the options and the seed; members are sorted by key; tar metadata is
   fixed (mtime 2023-01-01, uid/gid 0, ``research``/``data``, mode 0444); json has sorted
   keys; audio is 16-bit PCM from ``corpus_tools.audio.encode_audio``.
-* **Atomic, resumable** — a shard is written as ``.{name}.tmp``, fsynced and renamed, then
-  its marker is written. A rerun trusts a shard only when its marker matches the plan's
-  fingerprint and the file size; anything else is rewritten (identical bytes). A crash
-  never leaves a truncated tar under a final name.
+* **Atomic, resumable** — a shard is written as ``.{stem}.tmp`` (``.shard.000001.tmp``),
+  fsynced and renamed, then its marker is written. A rerun trusts a shard only when its
+  marker matches the plan's fingerprint and the file size; anything else is rewritten
+  (identical bytes). A crash never leaves a truncated tar under a final name.
 * **Exact hours** — each segment holds ``round(duration * 16000)`` frames (the decoded
   range trimmed or zero-padded to that), and the index's hours are the manifest's.
 * **Training data only, unless asked** — ``split="train"`` (the default) writes the rows
@@ -50,6 +60,7 @@ import polars as pl
 
 from corpus_tools.manifests import SEGMENTS_SCHEMA, ManifestError, validate, write_parquet_atomic
 from corpus_tools.splits import canonical, select_segments
+from corpus_tools.text import normalize_text
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +112,56 @@ def shard_name(prefix: str, index: int, partial: bool) -> str:
     return f"{prefix}.{index:06d}.partial.tar" if partial else f"{prefix}.{index:06d}.tar"
 
 
+def shard_stem(name: str) -> str:
+    """A shard's name without ``.tar`` (``shard.000001.partial``), for the files that belong
+    to a shard but must not look like one to a ``*.tar*`` glob."""
+    return name[:-4] if name.endswith(".tar") else name.replace(".tar", "_tar")
+
+
+def temp_path(path: str | os.PathLike, tag: str = "") -> Path:
+    """Where a shard is written before its rename: ``.shard.000001.tmp`` next to it."""
+    path = Path(path)
+    return path.with_name(f".{shard_stem(path.name)}{tag}.tmp")
+
+
+def marker_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """The resume marker of shard ``name``: ``.state/shard.000001.json``."""
+    return Path(out_dir) / STATE_DIR / f"{shard_stem(name)}.json"
+
+
+def _old_marker_path(out_dir: str | os.PathLike, name: str) -> Path:
+    return Path(out_dir) / STATE_DIR / f"{name}.json"  # earlier versions: .state/shard.000001.tar.json
+
+
+def migrate_state(out_dir: str | os.PathLike) -> int:
+    """Bring a folder written by an earlier version to today's names: its markers
+    ``.state/{shard}.tar.json`` become ``.state/{stem}.json`` and its temp files
+    ``.{shard}.tmp`` (a killed writer's) go, since nanow2v2's ``*.tar*`` globs take both for
+    shards. Returns the number of markers renamed."""
+    out = Path(out_dir)
+    renamed = 0
+    state = out / STATE_DIR
+    if state.is_dir():
+        for old in sorted(state.glob("*.tar.json")):
+            new = marker_path(out, old.name[: -len(".json")])
+            try:
+                if new.exists():
+                    old.unlink()
+                else:
+                    os.replace(old, new)
+                    renamed += 1
+            except FileNotFoundError:  # another part of the same run migrated it first
+                pass
+        for tmp in state.glob(".*.tar.json.*.tmp"):
+            tmp.unlink(missing_ok=True)
+    if out.is_dir():
+        for tmp in out.glob(".*.tar*.tmp"):
+            tmp.unlink(missing_ok=True)
+    if renamed:
+        log.info("%s: renamed %d resume markers written by an earlier version", out, renamed)
+    return renamed
+
+
 def safe_keys(segment_ids: list[str]) -> list[str]:
     """Tar keys for segment ids: dots and odd characters become ``_``, clashes get ``_N``."""
     seen: dict[str, int] = {}
@@ -128,6 +189,11 @@ def _clean(v):
     return None
 
 
+def letter_transcript(text: str, language: str | None) -> str:
+    """The json's ``transcription``: ``text`` in the letter vocabulary (a–z, ', space)."""
+    return normalize_text(text, language or "en")
+
+
 def _sample_json(row: dict, key: str, num_frames: int, duration: float, extra: list[str]) -> dict:
     text = row.get("text") or ""
     meta = {
@@ -137,8 +203,8 @@ def _sample_json(row: dict, key: str, num_frames: int, duration: float, extra: l
         "num_frames": num_frames,
         "sample_rate": SAMPLE_RATE,
         "duration": duration,
-        "transcript": text,
-        "transcription": text,
+        "transcript": text,  # as the manifest has it
+        "transcription": letter_transcript(text, row.get("language")),
         "speaker": row.get("speaker"),
         "speaker_id": row.get("speaker"),
         "recording": row.get("recording_id"),
@@ -313,14 +379,15 @@ def write_one_shard(path: str | os.PathLike, items: Iterable[tuple[str, bytes, d
     in key order: ``presorted=False`` collects and sorts the items first; ``presorted=True``
     streams them (constant memory) and raises if they are out of order. Keys must not
     contain dots (WebDataset splits the key at the first dot). The shard is written to
-    ``.{name}.tmp`` next to ``path``, fsynced and renamed. Returns ``{name, count, bytes,
-    sha256, num_frames, min_duration, max_duration, seconds}``.
+    ``temp_path(path)`` (``.shard.000001.tmp``: no ``.tar`` in it, so no shard glob finds a
+    half-written file), fsynced and renamed. Returns ``{name, count, bytes, sha256,
+    num_frames, min_duration, max_duration, seconds}``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not presorted:
         items = sorted(items, key=lambda t: t[0])
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     count = frames = 0
     seconds = 0.0
     durs: list[float] = []
@@ -378,7 +445,7 @@ def _write_spec(out_dir: str, spec: ShardSpec, fmt: str, fingerprint: str) -> di
     out = Path(out_dir)
     stats = write_one_shard(out / spec.name, _spec_items(spec, fmt), presorted=True)
     stats.update(shard_idx=spec.index, partial=spec.partial, format=fmt, fingerprint=fingerprint)
-    _write_json_atomic(out / STATE_DIR / f"{spec.name}.json", stats)
+    _write_json_atomic(marker_path(out, spec.name), stats)
     return stats
 
 
@@ -398,10 +465,12 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def _read_marker(out: Path, name: str) -> dict | None:
-    try:
-        return json.loads((out / STATE_DIR / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return None
+    for path in (marker_path(out, name), _old_marker_path(out, name)):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _is_done(out: Path, spec: ShardSpec, fingerprint: str) -> dict | None:
@@ -445,8 +514,37 @@ def _write_csv_atomic(df: pl.DataFrame, path: Path) -> None:
         raise
 
 
-def _check_out_dir(out: Path, fingerprint: str, prefix: str, overwrite: bool) -> None:
-    """Refuse to mix shards of different plans in one directory (unless ``overwrite``)."""
+def _legacy_fingerprint(specs: list[ShardSpec], fmt: str) -> str:
+    """The fingerprint earlier versions gave this plan: their json held the manifest's text
+    in ``transcription`` too."""
+    def old(meta: dict) -> dict:
+        return {**meta, "transcription": meta.get("transcript", "")}
+
+    return plan_fingerprint([ShardSpec(s.index, s.name, s.partial,
+                                       [{**it, "meta": old(it["meta"])} for it in s.items])
+                             for s in specs], fmt)
+
+
+def open_out_dir(out: Path, specs: list[ShardSpec], fmt: str, prefix: str,
+                 overwrite: bool) -> str:
+    """Make ``out`` ready for the plan ``specs`` and return its fingerprint: create it,
+    migrate an earlier version's names, and refuse shards of another plan (unless
+    ``overwrite``). A folder an earlier version wrote from the same rows and options is
+    resumed; its shards whose json changed since (the ``transcription`` key) are rewritten,
+    the others are kept."""
+    fingerprint = plan_fingerprint(specs, fmt)
+    out.mkdir(parents=True, exist_ok=True)
+    migrate_state(out)
+    _check_out_dir(out, fingerprint, prefix, overwrite,
+                   also_same=lambda: _legacy_fingerprint(specs, fmt))
+    return fingerprint
+
+
+def _check_out_dir(out: Path, fingerprint: str, prefix: str, overwrite: bool,
+                   also_same=None) -> None:
+    """Refuse to mix shards of different plans in one directory (unless ``overwrite``).
+
+    ``also_same()``: another fingerprint that counts as this plan (an earlier version's)."""
     plan_file = out / STATE_DIR / "plan.json"
     # list the tars before reading the plan: a concurrent part writes its plan before its
     # first shard, so a shard seen here always comes with a readable plan
@@ -456,6 +554,9 @@ def _check_out_dir(out: Path, fingerprint: str, prefix: str, overwrite: bool) ->
     except (OSError, ValueError):
         old = None
     if old == fingerprint:
+        return
+    if old is not None and also_same is not None and old == also_same():
+        log.info("%s was written by an earlier version: resuming it", out)
         return
     if (old is not None or existing) and not overwrite:
         raise FileExistsError(
@@ -497,9 +598,7 @@ def write_shards(segments_df: pl.DataFrame, out_dir: str | os.PathLike, *,
     specs = plan_shards(segments_df, samples_per_shard=samples_per_shard,
                         max_shard_bytes=max_shard_bytes, strategy=strategy, seed=seed,
                         prefix=prefix, split=split)
-    fingerprint = plan_fingerprint(specs, fmt)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(out, fingerprint, prefix, overwrite)
+    fingerprint = open_out_dir(out, specs, fmt, prefix, overwrite)
     _write_json_atomic(out / STATE_DIR / "plan.json",
                        {"fingerprint": fingerprint, "format": fmt, "strategy": strategy,
                         "seed": seed, "samples_per_shard": samples_per_shard,
@@ -510,7 +609,7 @@ def write_shards(segments_df: pl.DataFrame, out_dir: str | os.PathLike, *,
     mine = [s for s in specs if s.index % num_shards == shard_index]
     todo = []
     for s in mine:
-        (out / f".{s.name}.tmp").unlink(missing_ok=True)  # left by a crash of this subset
+        temp_path(out / s.name).unlink(missing_ok=True)  # left by a crash of this subset
         if _is_done(out, s, fingerprint) is None:
             todo.append(s)
     if len(todo) < len(mine):
@@ -586,6 +685,7 @@ def verify_shards(shard_dir: str | os.PathLike) -> list[str]:
 
 
 __all__ = [
-    "INDEX_SCHEMA", "ShardSpec", "plan_shards", "read_index", "safe_keys", "verify_shards",
-    "write_one_shard", "write_shards",
+    "INDEX_SCHEMA", "ShardSpec", "letter_transcript", "marker_path", "migrate_state",
+    "plan_shards", "read_index", "safe_keys", "temp_path", "verify_shards", "write_one_shard",
+    "write_shards",
 ]

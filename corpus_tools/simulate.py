@@ -296,10 +296,13 @@ def is_validation(meta: dict | None) -> bool:
 
 
 def _set_transcript(meta: dict, text: str) -> None:
-    """Set the transcript under our name and nanow2v2's alias when the json has it."""
+    """Set the transcript, and nanow2v2's ``transcription`` when the json has one: the
+    same text in the letter vocabulary, as `corpus shard` writes it."""
     meta["transcript"] = text
     if "transcription" in meta:
-        meta["transcription"] = text
+        from corpus_tools.shards import letter_transcript
+
+        meta["transcription"] = letter_transcript(text, meta.get("language"))
 
 
 # -- interferer pools -------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_killed_sharding_resumes_to_identical_bytes(archive, tmp_path):
     assert n >= 15
     out = tmp_path / "shards"
     args = base + ["-o", out]
-    markers = count(out / ".state", "*.tar.json")
+    markers = count(out / ".state", "shard.*.json")
     kill_during(args, markers, None, rng.uniform(0.3, 1.5))
     for _ in range(3):
         kill_during(args, markers, rng.randint(1, 4), rng.uniform(0.0, 0.1))

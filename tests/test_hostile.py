@@ -22,6 +22,7 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
+from corpus_tools import shards as sh
 from corpus_tools.audio import load_audio, write_audio
 from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir, read_recordings, read_segments
@@ -257,7 +258,7 @@ def test_full_disk_while_sharding_keeps_finished_shards_and_resumes(hostile, tmp
         res = run(["shard", hostile["work"], "--method", "sad", "-o", out,
                    "--samples-per-shard", "4", "--no-progress"])
         assert_clean_error(res, "no space left")
-        kept = [p for p in out.glob("*.tar") if (out / ".state" / f"{p.name}.json").exists()]
+        kept = [p for p in out.glob("*.tar") if sh.marker_path(out, p.name).exists()]
         assert kept, "shards finished before the disk filled up must be kept"
         assert not list(out.glob(".*.tmp")), "no half-written temp file may stay behind"
         for p in kept:  # what was finished is exactly what an uninterrupted run writes

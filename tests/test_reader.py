@@ -217,6 +217,7 @@ def test_list_shards(small, tmp_path):
     paths, _ = small
     d = Path(paths[0]).parent
     (d / ".shard.000009.tar.tmp").write_bytes(b"x")  # a writer's temp file is never listed
+    (d / ".shard.000010.tmp").write_bytes(b"x")
     assert list_shards(d) == sorted(paths)
     assert list_shards(str(d / "shard.*.tar")) == sorted(paths)
     assert list_shards(str(d / "shard.{000000..000001}.tar")) == sorted(paths)[:2]

@@ -530,6 +530,28 @@ def test_shards_as_source(corpus, tmp_path):
         assert meta["key"].endswith(meta["id"].replace(".", "_"))
 
 
+@pytest.mark.parametrize("cond", ["2spk-concat", "sub-noise-50"])
+def test_shard_source_keeps_transcript_and_letter_transcription_consistent(corpus, cond, tmp_path):
+    """From `corpus shard` json: the joined (or emptied) text is the original under
+    `transcript` and its letter form under nanow2v2's `transcription`."""
+    from corpus_tools.manifests import read_segments
+    from corpus_tools.shards import letter_transcript, write_shards
+
+    write_shards(read_segments(corpus["source"]), tmp_path / "shards", samples_per_shard=16,
+                 progress=False)
+    _, table = run(corpus | {"source": tmp_path / "shards"}, cond, tmp_path / "out")
+    changed = upper = 0
+    for _, meta in read_shards(tmp_path / "out").values():
+        assert meta["transcription"] == letter_transcript(meta["transcript"], meta["language"])
+        if meta["simulation"]["modified"]:
+            changed += 1
+            if cond == "sub-noise-50":
+                assert meta["transcript"] == meta["transcription"] == ""
+            else:  # the source's upper-case LibriSpeech text stays in `transcript` only
+                upper += meta["transcript"] != meta["transcript"].lower()
+    assert changed and (upper or cond == "sub-noise-50")
+
+
 def test_validation_flag_in_shard_extra(corpus):
     sim = Simulator("sub-noise-100", noise=corpus["noise"])
     utts = _utts(corpus, n=3)
