@@ -44,8 +44,16 @@ COMMAND_MODULES = (
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    verbose: bool = typer.Option(
+        False, "--verbose",
+        help="Also show the libraries' own output (WhisperX and Lightning info lines, "
+             "deprecation warnings), hidden by default. Same as CORPUS_LOG=debug."),
+) -> None:
     """Turn broadcast archives into clean speech corpora."""
+    from corpus_tools import logs
+
+    logs.configure(True if verbose else None)
 
 
 for _name in COMMAND_MODULES:

@@ -47,6 +47,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None):
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
                                   "include_dashboard": False}
+        from corpus_tools.logs import ENV
+
+        if address and os.environ.get(ENV):  # a cluster's workers do not see our environment
+            kwargs["runtime_env"] = {"env_vars": {ENV: os.environ[ENV]}}
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -145,6 +149,9 @@ def _worker_init(workdir: str, cfg_dict: dict, threads: int, stage_keys: dict, g
     """Set up one worker's models and the driver's stage caches (once per process/actor)."""
     if gpu_queue is not None:  # one GPU per local worker: set before torch sees CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+    from corpus_tools import logs
+
+    logs.configure()  # a spawned process or actor starts with Python's defaults: CORPUS_LOG decides
     import torch
 
     from corpus_tools.manifests import WorkDir
@@ -601,7 +608,10 @@ class StemWorker:
                  threads: int = 1):
         import torch
 
+        from corpus_tools import logs
         from corpus_tools.stems import load_separator, load_vad
+
+        logs.configure()
 
         if threads > 0:
             torch.set_num_threads(threads)

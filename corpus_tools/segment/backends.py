@@ -249,13 +249,16 @@ class ModelSet:
             import whisperx
             from whisperx.vads.pyannote import Pyannote
 
+            from corpus_tools.logs import library_prints
+
             c = self.cfg
             opts = {"chunk_size": 30, "vad_onset": 0.500, "vad_offset": 0.363}
             vad = Pyannote(torch.device(c.resolved_device()), model_fp=self.vad_path(), **opts)
-            return whisperx.load_model(
-                "unused-model-given", c.resolved_device(), compute_type=c.resolved_compute_type(),
-                language=c.language, vad_model=vad, vad_options=opts, model=self.faster_whisper(),
-                asr_options={"beam_size": c.beam_size, "best_of": c.beam_size})
+            with library_prints("whisperx"):  # "vad_method is ignored": we pass the VAD model
+                return whisperx.load_model(
+                    "unused-model-given", c.resolved_device(), compute_type=c.resolved_compute_type(),
+                    language=c.language, vad_model=vad, vad_options=opts, model=self.faster_whisper(),
+                    asr_options={"beam_size": c.beam_size, "best_of": c.beam_size})
 
         return self._get("wx", load)
 
