@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "score",
     "shard",
     "importers",
+    "export",
     "holdout",
     "simulate",
     "stem",

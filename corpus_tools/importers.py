@@ -15,9 +15,12 @@ musan           ``noise/{free-sound,sound-bible}/*.wav`` (+ ``music``/``speech``
                 ``ANNOTATIONS`` per folder; a categories CSV adds technical/ambient/crowd.
 fma             ``fma_*/NNN/NNNNNN.mp3`` + ``fma_metadata/tracks.csv`` (three header rows)
                 and ``genres.csv`` → genre_top, genres.
+lhotse          a Lhotse CutSet / SupervisionSet + RecordingSet (any recipe's output);
+                see :mod:`corpus_tools.lhotse_io`.
 ==============  ==========================================================================
 
-Every utterance/clip is one segment spanning its whole file (``start = 0``), with the
+Every utterance/clip of the layouts above (all but lhotse, whose supervisions say where they
+are) is one segment spanning its whole file (``start = 0``), with the
 duration read from the file header (soundfile; FFmpeg for the rest).
 
 Speech importers write ``split`` = ``train`` | ``dev`` | ``test`` from the corpus' own layout
@@ -46,6 +49,22 @@ AUDIO_EXT = (".flac", ".wav", ".opus", ".mp3", ".ogg", ".m4a")
 # MLS release folder names (mls_dutch, mls_dutch_opus, ...) → ISO 639-1.
 MLS_LANGUAGES = {"dutch": "nl", "english": "en", "german": "de", "french": "fr",
                  "spanish": "es", "italian": "it", "portuguese": "pt", "polish": "pl"}
+# Language names as corpora and Lhotse recipes write them ("English", "dutch") → ISO 639-1.
+LANGUAGE_CODES = {**MLS_LANGUAGES, "flemish": "nl", "chinese": "zh", "mandarin": "zh",
+                  "cantonese": "yue", "japanese": "ja", "korean": "ko", "russian": "ru",
+                  "arabic": "ar", "hindi": "hi", "turkish": "tr", "swedish": "sv",
+                  "danish": "da", "norwegian": "no", "finnish": "fi", "czech": "cs",
+                  "greek": "el", "hungarian": "hu", "romanian": "ro", "ukrainian": "uk",
+                  "vietnamese": "vi", "thai": "th", "indonesian": "id", "persian": "fa",
+                  "hebrew": "he", "catalan": "ca", "basque": "eu", "welsh": "cy",
+                  "irish": "ga", "tamil": "ta", "urdu": "ur", "bengali": "bn", "swahili": "sw"}
+
+
+def language_code(value: str | None) -> str | None:
+    """ISO 639-1 for a language name ("English" → "en"); codes and unknown names as given."""
+    if value is None or not str(value).strip():
+        return None
+    return LANGUAGE_CODES.get(str(value).strip().lower(), str(value).strip())
 
 
 class CorpusLayoutError(ManifestError):
@@ -513,13 +532,23 @@ def import_fma(root: str | os.PathLike, *, metadata: str | os.PathLike | None = 
     return _finish(rows, "fma", workers, progress)
 
 
+def import_lhotse(root: str | os.PathLike, **kwargs) -> pl.DataFrame:
+    """Lhotse manifests (a CutSet, a SupervisionSet + RecordingSet, or a folder of them):
+    see :func:`corpus_tools.lhotse_io.import_lhotse`."""
+    from corpus_tools.lhotse_io import import_lhotse as read
+
+    return read(root, **kwargs)
+
+
 IMPORTERS: dict[str, Callable[..., pl.DataFrame]] = {
     "librispeech": import_librispeech,
     "mls": import_mls,
     "commonvoice": import_commonvoice,
     "musan": import_musan,
     "fma": import_fma,
+    "lhotse": import_lhotse,
 }
 
-__all__ = ["IMPORTERS", "audio_duration", "import_commonvoice", "import_fma",
-           "import_librispeech", "import_mls", "import_musan", "read_fma_tracks"]
+__all__ = ["IMPORTERS", "LANGUAGE_CODES", "audio_duration", "import_commonvoice", "import_fma",
+           "import_librispeech", "import_lhotse", "import_mls", "import_musan", "language_code",
+           "read_fma_tracks"]

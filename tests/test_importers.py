@@ -290,3 +290,13 @@ def test_cli_import_then_shard(librispeech, commonvoice, tmp_path):
     # a bad directory: one-line error, non-zero exit
     res = runner.invoke(app, ["import", "mls", str(tmp_path / "nope"), "-o", str(tmp_path / "x.parquet")])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_cli_import_writes_into_a_folder_like_the_other_commands(librispeech, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["import", "librispeech", str(librispeech), "-o", str(tmp_path / "manifests"),
+                              "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert read_segments(tmp_path / "manifests" / "librispeech.parquet").height == 3
+    res = runner.invoke(app, ["import", "librispeech", str(librispeech), "-o", str(tmp_path / "ls.csv")])
+    assert res.exit_code != 0 and ".parquet" in res.output and not (tmp_path / "ls.csv").exists()

@@ -18,7 +18,10 @@ import_app = typer.Typer(
     no_args_is_help=True,
 )
 
-OutOpt = Annotated[Path, typer.Option("-o", "--out", help="Segments manifest to write (.parquet).")]
+OutOpt = Annotated[Path, typer.Option("-o", "--out", help=(
+    "Where to write the segments manifest: a .parquet file, or a folder (it gets KIND.parquet, "
+    "e.g. OUT/librispeech.parquet)."))]
+_FILE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".txt", ".gz")
 WorkersOpt = Annotated[int, typer.Option(min=1, help="Threads reading audio headers for durations.")]
 ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
@@ -30,17 +33,28 @@ def _split_list(text: str | None) -> list[str] | None:
     return items or None
 
 
+def manifest_path(out: Path, name: str) -> Path:
+    """``-o``: a ``.parquet`` file as given, else a folder that gets ``NAME.parquet``."""
+    if out.suffix.lower() == ".parquet" and not out.is_dir():
+        return out
+    if out.suffix.lower() in _FILE_SUFFIXES and not out.is_dir():
+        raise typer.BadParameter(f"write the manifest as .parquet, or give a folder (not {out.suffix})",
+                                 param_hint="--out")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file, not a folder or .parquet path", param_hint="--out")
+    return out / f"{name}.parquet"
+
+
 def _run(name: str, out: Path, **kwargs) -> None:
     from corpus_tools.importers import IMPORTERS
     from corpus_tools.manifests import write_segments
     from corpus_tools.progress import fail, stdout, user_errors
 
-    if out.suffix.lower() != ".parquet":
-        raise typer.BadParameter("write the manifest as .parquet", param_hint="--out")
+    out = manifest_path(out, name)
     with user_errors():
         df = IMPORTERS[name](**kwargs)
         if df.height == 0:
-            raise fail(f"{name}: no readable audio found in {kwargs.get('root')}")
+            raise fail(f"{name}: nothing to import from {kwargs.get('root')}")
         write_segments(df, out)
     hours = float(df["duration"].sum()) / 3600
     speakers = df["speaker"].drop_nulls().n_unique()
@@ -121,6 +135,21 @@ def fma(
 ) -> None:
     """FMA 30 s music clips with genre_top / genres from tracks.csv and genres.csv."""
     _run("fma", out, root=root, metadata=metadata, workers=workers, progress=progress)
+
+
+@import_app.command("lhotse")
+def lhotse(
+    root: Annotated[Path, typer.Argument(help=(
+        "A Lhotse CutSet or SupervisionSet (.jsonl.gz; the RecordingSet of the same name, "
+        "..._recordings_..., is read with it), or a folder of them such as a recipe's output "
+        "folder (supervisions + recordings pairs if there are any, else cut files)."))],
+    out: OutOpt,
+) -> None:
+    """Lhotse manifests (any of Lhotse's recipes, or `corpus export lhotse`) → segments.
+
+    One segment per supervision, cut from its recording's source file; speaker, text (as given), language names as ISO codes (English → en), gender and the supervision's custom fields; split from the part in the file name (..._dev-clean → dev) or from our own export.
+    """
+    _run("lhotse", out, root=root)
 
 
 def register(app: typer.Typer) -> None:
