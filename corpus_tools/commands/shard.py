@@ -44,7 +44,10 @@ def shard(
     strategy: Annotated[str, typer.Option(
         help="length_sorted: shards are length bins (little padding when batching); "
              "random: shuffled with --seed.")] = "length_sorted",
-    fmt: Annotated[str, typer.Option("--format", help="Audio member format: wav or flac (16-bit, 16 kHz mono).")] = "wav",
+    fmt: Annotated[str, typer.Option("--format", help=(
+        "Audio member format (16-bit, 16 kHz mono): wav is read by our trainer, the webdataset "
+        "library and nanow2v2; flac (about half the size) by our trainer and webdataset only, "
+        "since nanow2v2 decodes .wav members only."))] = "wav",
     seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
     prefix: Annotated[str, typer.Option(help="Shard names are PREFIX.000000.tar, ... (.partial.tar for the last).")] = "shard",
     workers: Annotated[int, typer.Option(min=1, help="Shards written in parallel (processes; Ray tasks "

@@ -12,7 +12,7 @@ import typer
 
 from trainer.commands import common
 
-FINETUNE_HELP = """CTC fine-tuning of a pre-trained wav2vec 2.0 model (thesis §5.2.4, SPEC §6).
+FINETUNE_HELP = """CTC fine-tuning of a pre-trained wav2vec 2.0 model on labelled shards.
 
 Letter vocabulary (index order): <blank> | ' a-z. Transcripts (the shards' `transcript`) are
 normalised for English/Dutch: lower case, accents folded to ASCII, apostrophes kept inside words

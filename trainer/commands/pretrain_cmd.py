@@ -12,7 +12,7 @@ import typer
 
 from trainer.commands import common
 
-PRETRAIN_HELP = """wav2vec 2.0 self-supervised pre-training on WebDataset shards (thesis §5.2, SPEC §5).
+PRETRAIN_HELP = """wav2vec 2.0 self-supervised pre-training on WebDataset shards.
 
 Single process by default; for DDP launch with torchrun, e.g.
 
