@@ -198,3 +198,22 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
                  ["export", "lhotse", tmp_path / "nope.parquet", "-o", tmp_path / "lh"]):
         res = cli.invoke(app, [str(a) for a in args])
         assert res.exit_code != 0 and "Traceback" not in res.output and "error" in res.output, res.output
+
+
+def test_a_segment_past_the_end_of_its_recording(tmp_path):
+    """The container's duration can be a little shorter than what decodes: a small overrun ends
+    at the recording's end (Lhotse's trim refuses supervisions past it); a large one is an error."""
+    from lhotse import load_manifest
+
+    path = tmp_path / "a.wav"
+    sf.write(path, np.full(16000 * 3, 0.1, dtype=np.float32), 16000)
+    row = {"segment_id": "a1", "recording_id": "a", "path": str(path), "start": 2.0, "end": 3.2,
+           "duration": 1.2, "text": "x", "speaker": None, "method": "unit", "language": "nl", "session": "a"}
+    pl.DataFrame([row]).write_parquet(tmp_path / "segs.parquet")
+    out = ok(["export", "lhotse", tmp_path / "segs.parquet", "-o", tmp_path / "lh"])
+    assert "1 segment(s) ran up to 0.5 s past the end" in out
+    cut = load_manifest(tmp_path / "lh" / "cuts.jsonl.gz")[0]
+    assert cut.duration == pytest.approx(1.0) and cut.load_audio().shape == (1, 16000)
+    pl.DataFrame([{**row, "end": 5.0, "duration": 3.0}]).write_parquet(tmp_path / "far.parquet")
+    res = cli.invoke(app, ["export", "lhotse", str(tmp_path / "far.parquet"), "-o", str(tmp_path / "lh2")])
+    assert res.exit_code != 0 and "outside its recording" in res.output and "Traceback" not in res.output

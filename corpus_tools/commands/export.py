@@ -35,7 +35,7 @@ def lhotse(
     """
     from corpus_tools.lhotse_io import export_lhotse
     from corpus_tools.manifests import read_recordings, read_segments, resolve_segments_source
-    from corpus_tools.progress import stdout, user_errors
+    from corpus_tools.progress import console, stdout, user_errors
 
     with user_errors():
         path = resolve_segments_source(src, method)
@@ -49,6 +49,9 @@ def lhotse(
         res = export_lhotse(segments, out, recordings=recs)
     stdout.print(f"lhotse: {res['supervisions']} supervisions on {res['recordings']} recordings, "
                  f"{res['hours']:.2f} h, {res['cuts']} cuts → {out}")
+    if res["clipped"]:
+        console.print(f"  {res['clipped']} segment(s) ran up to 0.5 s past the end of their recording "
+                      f"and end at the recording's end in the Lhotse manifests")
 
 
 def register(app: typer.Typer) -> None:
