@@ -424,6 +424,12 @@ def run_example(cmd: str, root: Path, env: dict[str, str], mp: pytest.MonkeyPatc
         return output
     if argv[0] in ("python", "python3"):
         argv[0] = sys.executable
+    else:  # a shell expands globs (`cat work/cache/wx-align-*/settings.json`); python -c code keeps them
+        import glob
+
+        argv = [argv[0]] + [a for arg in argv[1:]
+                            for a in (sorted(glob.glob(arg, root_dir=root)) if re.search(r"[*?[]", arg) else [])
+                            or [arg]]
     res = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True)
     assert res.returncode == 0, f"exit {res.returncode}\n{(res.stdout + res.stderr)[-4000:]}"
     return res.stdout
