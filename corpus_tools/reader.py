@@ -27,6 +27,13 @@ name), with ``.wav`` or ``.flac`` audio at 16 kHz and an optional ``.json``. So 
 ``corpus shard`` output in both formats and nanow2v2's own shards. The other way round,
 nanow2v2's loader decodes ``.wav`` members only: it reads our wav shards, not flac ones
 (the ``webdataset`` library reads both).
+
+Damage is skipped, never fatal (``corpus_tools.bad_data``): an utterance whose json does not
+parse or whose audio does not decode, is empty or holds non-finite samples is left out of its
+batch, and a shard that is truncated or unreadable past some point ends there (what precedes
+the damage is kept). Each skip is a *skip event* carried by the batch it was found for
+(``Batch.skipped``); a batch whose utterances were all bad is yielded empty rather than left
+out, so batch ``b`` of a rank is the same batch in a resumed run (``start_batch``).
 """
 
 from __future__ import annotations
@@ -35,19 +42,25 @@ import bisect
 import glob
 import io
 import json
+import logging
 import mmap
 import os
+import re
 import tarfile
 import wave
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from corpus_tools.bad_data import SHARD, short_reason, skip_event
+
 SAMPLE_RATE = 16_000
 AUDIO_EXTENSIONS = ("wav", "flac")
+_log = logging.getLogger(__name__)
 SPAN_POLICIES = ("split", "drop")
 
 
@@ -65,13 +78,14 @@ class Utterance:
 
 @dataclass
 class Batch:
-    """A zero-padded batch of utterances."""
+    """A zero-padded batch of utterances (0 rows when every utterance of it was bad)."""
 
     audio: torch.Tensor  # [B, T] float32, zero padded
     lengths: torch.Tensor  # [B] int64, valid samples per row
     keys: list[str]
     meta: list[dict]
     sample_rate: int = SAMPLE_RATE
+    skipped: list[dict] = field(default_factory=list)  # skip events found for this batch
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -92,13 +106,11 @@ class Batch:
         return 0.0 if total == 0 else 1.0 - float(self.lengths.sum()) / total
 
     def pin_memory(self) -> "Batch":  # called by DataLoader(pin_memory=True)
-        return Batch(self.audio.pin_memory(), self.lengths.pin_memory(), self.keys, self.meta,
-                     self.sample_rate)
+        return replace(self, audio=self.audio.pin_memory(), lengths=self.lengths.pin_memory())
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(self.audio.to(device, non_blocking=non_blocking),
-                     self.lengths.to(device, non_blocking=non_blocking), self.keys, self.meta,
-                     self.sample_rate)
+        return replace(self, audio=self.audio.to(device, non_blocking=non_blocking),
+                       lengths=self.lengths.to(device, non_blocking=non_blocking))
 
     def utterances(self) -> list[Utterance]:
         """Back to a list of (unpadded) utterances."""
@@ -208,39 +220,135 @@ def _split_member(name: str) -> tuple[str, str]:
     return name[:dot], name[dot + 1:].lower()
 
 
-def read_shard_records(path: str) -> Iterator[_Record]:
-    """Yield one record per sample of a tar shard, reading only headers and json."""
-    seekable = path.endswith(".tar")
-    with tarfile.open(path, "r:" if seekable else "r:*") as tf:
-        key = None
-        meta = None
-        audio = None  # (offset, size, data)
+_TAR_BLOCK = 512
+# what a damaged or cut tar raises while it is read (gzip/bz2/lzma streams: EOFError, zlib.error,
+# OSError; tarfile: ReadError, its header errors; a member name that does not decode: UnicodeError)
+_SHARD_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, UnicodeError)
 
-        def finish():
-            if key is not None and audio is not None:
-                return _make_record(path, key, meta, audio)
+
+def _warn_skip(event: dict) -> None:
+    from corpus_tools.bad_data import describe
+
+    _log.warning("skipped %s", describe(event))
+
+
+class _Sample:
+    """The members of one key while a shard is read: json, audio and what is wrong with them."""
+
+    def __init__(self, path: str, key: str):
+        self.path, self.key = path, key
+        self.meta: dict | None = None
+        self.audio: tuple | None = None  # (offset, size, data)
+        self.problem: str | None = None
+
+    def add(self, tf: tarfile.TarFile, m: tarfile.TarInfo, ext: str, seekable: bool) -> None:
+        last = ext.rsplit(".", 1)[-1]
+        if last == "json":
+            raw = tf.extractfile(m).read()  # a cut member raises here: the shard is damaged
+            try:
+                meta = json.loads(raw)
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                self.problem = f"json does not parse ({short_reason(e)})"
+                return
+            if not isinstance(meta, dict):
+                self.problem = f"json is a {type(meta).__name__}, not an object"
+            else:
+                self.meta = meta
+        elif last in AUDIO_EXTENSIONS:
+            if seekable:
+                self.audio = (m.offset_data, m.size, None)
+            else:
+                self.audio = (-1, m.size, tf.extractfile(m).read())
+
+    def inside(self, end: int | None) -> bool:
+        """Whether the audio member lies wholly inside a file of ``end`` bytes."""
+        return end is None or self.audio is None or self.audio[0] + self.audio[1] <= end
+
+    def record(self, report: Callable[[dict], None]) -> "_Record | None":
+        """The record, or None (reported when the sample had json or audio but is unusable)."""
+        if self.audio is None:
+            if self.meta is not None or self.problem is not None:
+                report(skip_event(self.path, self.key, self.problem or "has no audio member"))
             return None
+        if self.problem is None and self.audio[1] == 0:
+            self.problem = "audio member is empty"
+        if self.problem is None:
+            try:
+                return _make_record(self.path, self.key, self.meta, self.audio)
+            except _Unusable as e:
+                self.problem = str(e)
+            except Exception as e:  # noqa: BLE001 - any failure to read a header is bad data
+                self.problem = _audio_problem(e)
+        report(skip_event(self.path, self.key, self.problem))
+        return None
 
-        for m in tf:
-            if not m.isfile():
-                continue
-            k, ext = _split_member(m.name)
-            if k != key:
-                rec = finish()
-                if rec is not None:
-                    yield rec
-                key, meta, audio = k, None, None
-            last = ext.rsplit(".", 1)[-1]
-            if last == "json":
-                meta = json.loads(tf.extractfile(m).read())
-            elif last in AUDIO_EXTENSIONS:
-                if seekable:
-                    audio = (m.offset_data, m.size, None)
-                else:
-                    audio = (-1, m.size, tf.extractfile(m).read())
-        rec = finish()
+
+def read_shard_records(path: str, on_bad: Callable[[dict], None] | None = None) -> Iterator[_Record]:
+    """Yield one record per sample of a tar shard, reading only headers and json.
+
+    Damage never raises. A sample whose json does not parse, whose audio member is empty or
+    missing, or whose audio header cannot be read (json without ``num_frames``) is skipped; a
+    tar that cannot be read past some point (cut short, corrupt, not a tar) ends there, and
+    the samples before the damage are kept. Each is reported to ``on_bad`` as a skip event
+    (``corpus_tools.bad_data.skip_event``; default: a logged warning).
+    """
+    report = on_bad or _warn_skip
+    seekable = path.endswith(".tar")
+    sample: _Sample | None = None
+    kept, last_key, end = 0, None, None
+    try:
+        with tarfile.open(path, "r:" if seekable else "r:*") as tf:
+            end = os.fstat(tf.fileobj.fileno()).st_size if seekable else None
+            for m in tf:
+                if not m.isfile():
+                    continue
+                k, ext = _split_member(m.name)
+                if sample is not None and k != sample.key:
+                    rec = sample.record(report)
+                    sample = None
+                    if rec is not None:
+                        kept, last_key = kept + 1, rec.key
+                        yield rec
+                if sample is None:
+                    sample = _Sample(path, k)
+                sample.add(tf, m, ext, seekable)
+            if seekable and not _ends_cleanly(tf, end):
+                raise tarfile.ReadError("the end-of-archive marker is missing")
+    except _SHARD_ERRORS as e:
+        if sample is not None and sample.audio is not None and sample.inside(end):
+            rec = sample.record(report)  # complete before the damage
+            if rec is not None:
+                kept, last_key = kept + 1, rec.key
+                yield rec
+        where = f"after {last_key}" if last_key is not None else "from its start"
+        report(skip_event(path, last_key, f"truncated or unreadable {where}, {kept} utterance"
+                                          f"{'s' * (kept != 1)} kept ({short_reason(e)})", kind=SHARD))
+        return
+    if sample is not None:
+        rec = sample.record(report)
         if rec is not None:
             yield rec
+
+
+def _ends_cleanly(tf: tarfile.TarFile, end: int) -> bool:
+    """A tar read to its last member ends in zero blocks; a copy cut at (or inside) a member
+    header does not, and tarfile stops there without an error."""
+    if tf.offset >= end:
+        return False
+    tf.fileobj.seek(tf.offset)
+    tail = tf.fileobj.read(min(end - tf.offset, 2 * _TAR_BLOCK))
+    return not tail.strip(b"\0")
+
+
+class _Unusable(ValueError):
+    """A sample that reads but cannot be used; the message is the reason."""
+
+
+_BYTES_IO = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
+def _audio_problem(exc: BaseException) -> str:
+    return f"audio does not decode ({_BYTES_IO.sub('the member', short_reason(exc))})"
 
 
 def _make_record(path: str, key: str, meta: dict | None, audio: tuple) -> _Record:
@@ -254,9 +362,14 @@ def _make_record(path: str, key: str, meta: dict | None, audio: tuple) -> _Recor
         info = sf.info(io.BytesIO(raw))
         n = info.frames
         meta.setdefault("sample_rate", info.samplerate)
-    meta.setdefault("num_frames", int(n))
-    return _Record(key=key, meta=meta, num_frames=int(n), shard=path, offset=offset, size=size,
-                   data=data)
+    try:
+        n = int(n)
+    except (TypeError, ValueError):
+        raise _Unusable(f"json num_frames is {n!r}, not a number") from None
+    if n <= 0:
+        raise _Unusable(f"audio is empty ({n} frames)")
+    meta.setdefault("num_frames", n)
+    return _Record(key=key, meta=meta, num_frames=n, shard=path, offset=offset, size=size, data=data)
 
 
 def _pread(path: str, offset: int, size: int) -> bytes:
@@ -265,6 +378,24 @@ def _pread(path: str, offset: int, size: int) -> bytes:
         return os.pread(fd, size, offset)
     finally:
         os.close(fd)
+
+
+class _RecordBatch(list):
+    """A batch of records with the skip events handed out with it (taken from ``events``)."""
+
+    def __init__(self, records: Iterable[_Record], events: list[dict]):
+        super().__init__(records)
+        self.skipped = events[:]
+        events.clear()
+
+
+def _decode_record(source: "_AudioSource", rec: _Record, out: np.ndarray) -> tuple[int, str | None]:
+    """Decode a record's audio into ``out``: (frames, None) or (0, why it is unusable)."""
+    try:
+        raw = source.read(rec)
+    except (OSError, ValueError) as e:  # the shard moved or shrank since its headers were read
+        return 0, f"audio cannot be read ({short_reason(e)})"
+    return _decode_checked(raw, out, rec.crop)
 
 
 class _AudioSource:
@@ -339,12 +470,15 @@ def _decode_pcm16_wav(raw, out: np.ndarray, crop: int) -> int | None:
 
 def _decode_into(raw: bytes, out: np.ndarray, crop: int) -> int:
     """Decode wav/flac bytes into ``out`` (float32 [n]) from frame ``crop``; return frames."""
-    import soundfile as sf
-
     if bytes(raw[:4]) == b"RIFF":
         n = _decode_pcm16_wav(raw, out, crop)
         if n is not None:
             return n
+    return _decode_soundfile(raw, out, crop)
+
+
+def _decode_soundfile(raw, out: np.ndarray, crop: int) -> int:
+    import soundfile as sf
 
     with sf.SoundFile(io.BytesIO(raw)) as f:
         if f.samplerate != SAMPLE_RATE:
@@ -357,6 +491,24 @@ def _decode_into(raw: bytes, out: np.ndarray, crop: int) -> int:
         x = f.read(len(out), dtype="float32", always_2d=True).mean(axis=1)
         out[: len(x)] = x
         return len(x)
+
+
+def _decode_checked(raw, out: np.ndarray, crop: int) -> tuple[int, str | None]:
+    """``_decode_into`` that never raises: (frames, None), or (0, why the audio is unusable)."""
+    try:
+        if len(raw) == 0:
+            return 0, "audio member is empty"
+        n = _decode_pcm16_wav(raw, out, crop) if bytes(raw[:4]) == b"RIFF" else None
+        integer = n is not None  # 16-bit PCM cannot hold NaN or inf
+        if n is None:
+            n = _decode_soundfile(raw, out, crop)
+    except Exception as e:  # noqa: BLE001 - whatever the bytes are, they are bad data
+        return 0, _audio_problem(e)
+    if n <= 0:
+        return 0, "audio is empty (no samples)"
+    if not integer and not np.isfinite(out[:n]).all():
+        return 0, "audio holds non-finite samples (NaN or inf)"
+    return n, None
 
 
 # -- duration batching (thesis §5.2.3) ----------------------------------------------------
@@ -622,14 +774,20 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
     # records --------------------------------------------------------------------------
 
     def _epoch_records(self, epoch: int, consumer: int, consumers: int,
-                       rng: np.random.Generator) -> Iterator[_Record]:
+                       rng: np.random.Generator, events: list[dict]) -> Iterator[_Record]:
+        """This consumer's records of an epoch; its skip events are appended to ``events``."""
         whole, shared = consumer_plan(self.shards, consumer, consumers, epoch, self.seed,
                                       self.shuffle)
         for path in whole:
-            yield from read_shard_records(path)
+            yield from read_shard_records(path, events.append)
         i = 0
+
+        def ours(event: dict) -> None:  # every consumer reads a shared shard: one reports
+            if i % consumers == consumer:
+                events.append(event)
+
         for path in shared:
-            for rec in read_shard_records(path):
+            for rec in read_shard_records(path, ours):
                 if i % consumers == consumer:
                     yield rec
                 i += 1
@@ -662,6 +820,7 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
         consumers = self.world_size * workers
         consumer = self.rank * workers + worker
         epoch = self.epoch
+        events: list[dict] = []  # skip events not handed out yet
         while True:
             rng = np.random.default_rng([self.seed, epoch, consumer, consumers])
             batcher = DurationBatcher(self.batch_seconds / self.length_growth * SAMPLE_RATE,
@@ -672,17 +831,23 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
                                       target_padding=self.target_padding,
                                       max_queue=self.max_queue)
             emitted = 0
-            for rec in self._shuffled(self._epoch_records(epoch, consumer, consumers, rng), rng):
+            records = self._epoch_records(epoch, consumer, consumers, rng, events)
+            for rec in self._shuffled(records, rng):
                 rec = self._crop(rec, rng)
                 for b in batcher.push(rec, rec.num_frames):
                     emitted += 1
-                    yield b
+                    yield _RecordBatch(b, events)
             for b in batcher.flush():
                 emitted += 1
-                yield b
+                yield _RecordBatch(b, events)
+            all_bad = emitted == 0 and bool(events)
+            if events and (all_bad or not self.infinite):
+                # damage after the last batch of a pass, or a pass in which every utterance was
+                # bad: an empty batch hands the events on (the consumer's limit must see them)
+                yield _RecordBatch([], events)
             if not self.infinite:
                 return
-            if emitted == 0:  # looping on would hang the DataLoader (and DDP) silently
+            if emitted == 0 and not all_bad:  # looping on would hang the DataLoader (and DDP)
                 raise RuntimeError(
                     f"rank {self.rank} worker {worker} of {consumers} data consumers got no "
                     f"utterances from {len(self.shards)} shards: the data set has fewer "
@@ -701,32 +866,49 @@ class ShardBatchStream(torch.utils.data.IterableDataset):
             for index, recs in enumerate(self.record_batches()):
                 if index < skip:
                     continue
+                skipped = list(recs.skipped)
                 if self.transform is None:
-                    yield self._decode_batch(recs, source)
+                    batch = self._decode_batch(recs, source, skipped)
                 else:
                     rng = np.random.default_rng([self.seed, 0x7A, consumer, workers, index])
-                    utts = [self._decode_one(r, source) for r in recs]
-                    yield collate(self.transform(utts, rng))
+                    utts = [u for u in (self._decode_one(r, source, skipped) for r in recs)
+                            if u is not None]
+                    batch = collate(self.transform(utts, rng) if utts else [])
+                batch.skipped = skipped
+                yield batch
         finally:
             source.close()
 
-    def _decode_one(self, rec: _Record, source: _AudioSource) -> Utterance:
+    def _decode_one(self, rec: _Record, source: _AudioSource,
+                    skipped: list[dict]) -> Utterance | None:
         out = np.zeros(rec.num_frames, dtype=np.float32)
-        n = _decode_into(source.read(rec), out, rec.crop)
+        n, problem = _decode_record(source, rec, out)
+        if problem is not None:
+            skipped.append(skip_event(rec.shard, rec.key, problem))
+            return None
         return Utterance(rec.key, out[:n], rec.meta)
 
-    def _decode_batch(self, recs: list[_Record], source: _AudioSource) -> Batch:
-        """Decode straight into the padded batch tensor (no per-utterance copies)."""
-        longest = max(r.num_frames for r in recs)
+    def _decode_batch(self, recs: list[_Record], source: _AudioSource,
+                      skipped: list[dict]) -> Batch:
+        """Decode straight into the padded batch tensor (no per-utterance copies); a bad
+        utterance's row is reused by the next one, and the tensor cut to the rows kept."""
+        longest = max((r.num_frames for r in recs), default=0)
         audio = torch.empty((len(recs), longest), dtype=torch.float32)
         arr = audio.numpy()
-        lengths = []
-        for row, rec in enumerate(recs):
-            n = _decode_into(source.read(rec), arr[row, : rec.num_frames], rec.crop)
+        kept, lengths = [], []
+        for rec in recs:
+            row = len(kept)
+            n, problem = _decode_record(source, rec, arr[row, : rec.num_frames])
+            if problem is not None:
+                skipped.append(skip_event(rec.shard, rec.key, problem))
+                continue
             arr[row, n:] = 0.0
+            kept.append(rec)
             lengths.append(n)
-        return Batch(audio, torch.tensor(lengths, dtype=torch.int64), [r.key for r in recs],
-                     [r.meta for r in recs])
+        if len(kept) < len(recs):
+            audio = audio[: len(kept), : max((r.num_frames for r in kept), default=0)].contiguous()
+        return Batch(audio, torch.tensor(lengths, dtype=torch.int64), [r.key for r in kept],
+                     [r.meta for r in kept])
 
 
 def make_loader(stream: ShardBatchStream, num_workers: int = 0, *, pin_memory: bool = False,

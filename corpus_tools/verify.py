@@ -3,8 +3,9 @@
 A work directory is checked on its own (recordings and segments manifests, stage caches,
 leftovers of killed runs) and, with ``shards=``, against a shard directory. A shard
 directory is checked shard by shard: the index's size and sha256 of every tar, every tar
-readable to the end, every utterance a ``.json`` + ``.wav``/``.flac`` pair whose json holds
-every required key and whose audio is 16 kHz mono with the json's frame count, per-shard
+readable to the end (and ending in its end-of-archive marker), every utterance a ``.json`` +
+``.wav``/``.flac`` pair whose json holds every required key and whose audio decodes, is not
+empty, holds finite samples and is 16 kHz mono with the json's frame count, per-shard
 counts, frames and hours equal to the index, keys unique and equal to the
 ``_shard_distribution.csv`` plan. Given the segments manifest the shards were written from,
 the utterance ids, counts and hours must equal the manifest's; given recordings, every
@@ -20,6 +21,7 @@ import hashlib
 import io
 import json
 import math
+import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -99,6 +101,39 @@ def _audio_info(data: bytes) -> tuple[int, int, int]:
     return info.samplerate, info.channels, info.frames
 
 
+def _audio_damage(data: bytes) -> str | None:
+    """Why an audio member cannot be trained on, as the trainer's reader would skip it: empty,
+    not decodable, or float samples that are not finite (PCM and FLAC cannot hold NaN)."""
+    import numpy as np
+    import soundfile as sf
+
+    if not data:
+        return "is empty"
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.frames == 0:
+            return "is empty (no samples)"
+        if info.subtype in ("FLOAT", "DOUBLE") and not np.isfinite(
+                sf.read(io.BytesIO(data), dtype="float32")[0]).all():
+            return "holds non-finite samples (NaN or inf)"
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes are, they do not decode
+        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the member", " ".join(str(exc).split()))
+        return f"does not decode ({text})"
+    return None
+
+
+def _truncation(path: Path, end_offset: int) -> str | None:
+    """A tar read without error can still be cut at a member boundary: tarfile then stops
+    quietly. A whole tar ends in zero blocks after its last member."""
+    size = path.stat().st_size
+    if end_offset < size:
+        with open(path, "rb") as fh:
+            fh.seek(end_offset)
+            if not fh.read(1024).strip(b"\0"):
+                return None
+    return f"{path.name}: truncated: no end-of-archive marker after its last member"
+
+
 def read_shard(path: Path) -> tuple[list[dict], list[str]]:
     """Read one tar to the end: ``[{key, meta, frames, ext}]`` per utterance and problems."""
     problems: list[str] = []
@@ -129,18 +164,23 @@ def read_shard(path: Path) -> tuple[list[dict], list[str]]:
                     if u["ext"] is not None:
                         problems.append(f"{path.name}: {key} has two audio members")
                     u["ext"] = ext
-                    try:
-                        sr, ch, frames = _audio_info(data)
-                    except Exception as exc:
-                        problems.append(f"{path.name}: {key}.{ext} does not decode ({exc})")
+                    damage = _audio_damage(data)
+                    if damage is not None:
+                        problems.append(f"{path.name}: {key}.{ext} {damage}")
                         continue
+                    sr, ch, frames = _audio_info(data)
                     if sr != 16000 or ch != 1:
                         problems.append(f"{path.name}: {key}.{ext} is {sr} Hz × {ch} ch, not 16 kHz mono")
                     u["frames"] = frames
                 else:
                     problems.append(f"{path.name}: unexpected member {ti.name}")
+            end_offset = tf.offset
+        cut = _truncation(path, end_offset)
+        if cut is not None:
+            problems.append(cut)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        problems.append(f"{path.name}: not a readable tar ({exc})")
+        where = f"after {order[-1]}" if order else "from its start"
+        problems.append(f"{path.name}: not a readable tar: truncated or damaged {where} ({exc})")
     return [utts[k] for k in order], problems
 
 
@@ -246,7 +286,7 @@ def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = N
             want, got = None, None
             rep.check("distribution", [f"cannot read {dist.name}: {exc}"])
         if want is not None:
-            got = sorted((m.get("key"), name) for name, m in all_utts)
+            got = sorted((str(m.get("key")), name) for name, m in all_utts)
             rep.check("distribution", [] if want == got else
                       [f"{dist.name} plans {len(want)} utterances, the shards hold {len(got)} "
                        f"({len(set(want) - set(got))} missing, {len(set(got) - set(want))} unplanned)"],
