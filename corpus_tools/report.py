@@ -235,8 +235,18 @@ def _series(records: list[dict], key: str, split: str, x: str = "step") -> list[
             if r.get("split", "train") == split and _is_number(r.get(key)) and _is_number(r.get(x))]
 
 
+def diverged_step(records: list[dict]) -> int | None:
+    """The step at which the trainer stopped the run as diverged (its ``diverged: true`` record)."""
+    steps = [r.get("step") for r in records if r.get("diverged") is True]
+    return max(steps) if steps else None
+
+
 def run_summary(run_dir: Path, records: list[dict]) -> list[str]:
-    """name, kind, last step, hours seen, last train loss, best validation value."""
+    """name, kind, last step, hours seen, last train loss, best validation value.
+
+    A diverged run is marked as in the thesis' tables: its best validation value gets a ``∗``
+    (Table 15) and a run without one reads ``DIV`` (Table 13); its steps read "S (diverged)".
+    """
     train = [r for r in records if r.get("split", "train") == "train"]
     val = [r for r in records if r.get("split") == "val"]
     kind = run_kind(records)
@@ -254,7 +264,11 @@ def run_summary(run_dir: Path, records: list[dict]) -> list[str]:
             best = f"loss {min(losses):.4g}"
     last_loss = f"{last['loss']:.4g}" if _is_number(last.get("loss")) else "–"
     extra = f"contrastive {last['contrastive']:.3f}" if _is_number(last.get("contrastive")) else ""
-    return [run_dir.name, kind, str(steps), f"{hours:.4f}", last_loss + (f" ({extra})" if extra else ""), best]
+    steps_text = str(steps)
+    if diverged_step(records) is not None:
+        best = "DIV" if best == "–" else best + "∗"
+        steps_text = f"{diverged_step(records)} (diverged)"
+    return [run_dir.name, kind, steps_text, f"{hours:.4f}", last_loss + (f" ({extra})" if extra else ""), best]
 
 
 def plot_run_curves(run_dir: Path, records: list[dict], out_png: Path) -> Path | None:
@@ -406,7 +420,10 @@ def build_report(workdir: str | Path, out: str | Path, runs: Sequence[str | Path
         rep.add(Heading("Training runs"))
         loaded = [(d, read_run_log(d)) for d in run_dirs]
         rep.add(Table(["run", "kind", "steps", "hours seen", "last train loss", "best validation"],
-                      [run_summary(d, recs_) for d, recs_ in loaded]))
+                      [run_summary(d, recs_) for d, recs_ in loaded],
+                      caption="∗ / DIV: the training diverged (no step applied for too long; the thesis' "
+                              "Tables 13 and 15 mark such runs alike)"
+                      if any(diverged_step(r) is not None for _, r in loaded) else None))
         for i, (d, records) in enumerate(loaded):
             png = plot_run_curves(d, records, files / f"run{i}_{_safe(d.name)}.png")
             if png is not None:

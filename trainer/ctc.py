@@ -111,14 +111,16 @@ def ctc_config(cfg: Wav2Vec2Config, overrides: dict[str, Any] | None = None) -> 
     return dataclasses.replace(cfg, **(overrides or {})) if overrides else cfg
 
 
-def is_ctc_checkpoint(path: str | Path) -> bool:
+def is_ctc_checkpoint(path: str | Path, *, trust: bool = False) -> bool:
     """True for a file written by ``trainer finetune`` (cheap enough: our checkpoints are small dicts)."""
+    from trainer import safe_load
+
     path = Path(path)
     if not path.is_file() or path.suffix != ".pt":
         return False
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:
+        ckpt = safe_load.load(path, trust=trust, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable or refused: not one of ours (the caller says why)
         return False
     return isinstance(ckpt, dict) and ckpt.get("kind") == CTC_KIND
 
@@ -140,12 +142,13 @@ def resolve_ctc_checkpoint(path: str | Path) -> Path:
 
 
 def load_ctc_model(path: str | Path, *, map_location: str | torch.device = "cpu",
-                   overrides: dict[str, Any] | None = None) -> Wav2Vec2ForCTC:
-    """A ``Wav2Vec2ForCTC`` from a fine-tuning checkpoint or run directory (eval mode)."""
+                   overrides: dict[str, Any] | None = None, trust: bool = False) -> Wav2Vec2ForCTC:
+    """A ``Wav2Vec2ForCTC`` from a fine-tuning checkpoint or run directory (eval mode); read
+    without running code from the file unless ``trust`` (``trainer.safe_load``)."""
     from trainer.checkpoint import load_checkpoint
 
     path = resolve_ctc_checkpoint(path)
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, trust=trust)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CTC_KIND:
         raise ValueError(f"{path} is not a CTC fine-tuning checkpoint (written by `trainer finetune`)")
     cfg = ctc_config(Wav2Vec2Config.from_dict(ckpt["config"]), overrides)
@@ -155,7 +158,7 @@ def load_ctc_model(path: str | Path, *, map_location: str | torch.device = "cpu"
 
 
 def init_ctc_model(init: str | Path | None, *, config: str | None = None, overrides: dict[str, Any] | None = None,
-                   final_dropout: float = 0.0) -> Wav2Vec2ForCTC:
+                   final_dropout: float = 0.0, trust: bool = False) -> Wav2Vec2ForCTC:
     """A CTC model whose backbone comes from ``init``, with a fresh head.
 
     ``init``: our pre-training checkpoint or run directory, a Hugging Face Wav2Vec2 folder, a
@@ -181,14 +184,14 @@ def init_ctc_model(init: str | Path | None, *, config: str | None = None, overri
             raise FileNotFoundError(f"{init} is neither a Hugging Face folder (config.json) nor a run directory "
                                     "with checkpoints/")
         init = found
-    if is_ctc_checkpoint(init):
-        model = load_ctc_model(init, overrides=overrides)
+    if is_ctc_checkpoint(init, trust=trust):
+        model = load_ctc_model(init, overrides=overrides, trust=trust)
         model.final_dropout = float(final_dropout)
         model.dropout.p = float(final_dropout)
         return model.train()
     from trainer.hf import load_pretrained
 
-    pre = load_pretrained(init)
+    pre = load_pretrained(init, trust=trust)
     model = Wav2Vec2ForCTC(ctc_config(pre.cfg, overrides), final_dropout=final_dropout)
     model.wav2vec2.load_state_dict(pre.wav2vec2.state_dict())
     return model.train()
@@ -225,7 +228,7 @@ def ctc_state_dict_to_hf(model: Wav2Vec2ForCTC) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_hf_ctc(ckpt: str | Path | Wav2Vec2ForCTC, out_dir: str | Path) -> Path:
+def export_hf_ctc(ckpt: str | Path | Wav2Vec2ForCTC, out_dir: str | Path, *, trust: bool = False) -> Path:
     """Write a Hugging Face ``Wav2Vec2ForCTC`` + ``Wav2Vec2Processor`` folder.
 
     The processor is a ``Wav2Vec2CTCTokenizer`` over our vocabulary (``vocab.json``: blank =
@@ -239,7 +242,7 @@ def export_hf_ctc(ckpt: str | Path | Wav2Vec2ForCTC, out_dir: str | Path) -> Pat
     from transformers import (Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC as HFCTC,
                               Wav2Vec2Processor)
 
-    model = ckpt if isinstance(ckpt, Wav2Vec2ForCTC) else load_ctc_model(ckpt)
+    model = ckpt if isinstance(ckpt, Wav2Vec2ForCTC) else load_ctc_model(ckpt, trust=trust)
     hf_model = HFCTC(hf_ctc_config(model))
     missing, unexpected = hf_model.load_state_dict(ctc_state_dict_to_hf(model), strict=False)
     if missing or unexpected:

@@ -11,7 +11,9 @@
 * ``error_rates``: corpus-level WER and CER with jiwer (errors summed over utterances, divided by
   the reference words / characters), the same number ``jiwer.wer(refs, hyps)`` gives.
 * ``evaluate``: all of it over one or more shard sets, writing a JSONL of hypotheses and a
-  summary table (one row per set).
+  summary table (one row per set). Bad utterances and truncated shards are skipped, named and
+  counted per set (``bad_utterances``, ``bad_shards``); past ``max_bad_fraction`` the
+  evaluation stops (``corpus_tools.bad_data``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from corpus_tools.bad_data import DEFAULT_MAX_BAD_FRACTION, BadDataTally
 from trainer.text import BLANK, VOCAB, WORD_SEPARATOR, ctc_collapse, ids_to_text, normalize_text
 
 UNK_WORD = "<unk>"
@@ -215,19 +218,21 @@ def _reference(meta: dict, language: str | None, digits: str) -> tuple[str, str]
 def evaluate(ckpt: str | Path, shard_sets: Sequence[str], *, lm: str | Path | None = None,
              lexicon: str | Path | None = None, out_dir: str | Path | None = None, batch_seconds: float = 100.0,
              beam_size: int = 50, lm_weight: float = 2.0, word_score: float = 0.0, language: str | None = None,
-             digits: str = "spell", device: str | None = None, progress: bool = True, model=None) -> list[dict]:
+             digits: str = "spell", device: str | None = None, progress: bool = True, model=None,
+             max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION, trust: bool = False) -> list[dict]:
     """Decode every utterance of each shard set; returns one summary row per set.
 
     Writes ``OUT/hypotheses.jsonl`` (set, key, raw and normalised reference, greedy and LM
     hypotheses) and ``OUT/summary.{json,csv,md}`` when ``out_dir`` is given. References are the
     shards' transcripts normalised like the training targets (``language`` overrides the
-    shards' language field). ``model`` (a ``Wav2Vec2ForCTC``) skips loading ``ckpt``.
+    shards' language field). ``model`` (a ``Wav2Vec2ForCTC``) skips loading ``ckpt``; ``trust``
+    loads a checkpoint that needs more than plain types (``trainer.safe_load``).
     """
     from trainer.ctc import load_ctc_model
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model is None:
-        model = load_ctc_model(ckpt, map_location=dev)
+        model = load_ctc_model(ckpt, map_location=dev, trust=trust)
     model = model.to(dev).eval()
     beam = None
     if lm is not None:
@@ -243,8 +248,13 @@ def evaluate(ckpt: str | Path, shard_sets: Sequence[str], *, lm: str | Path | No
     try:
         for name, path in set_names(list(shard_sets)):
             refs, greedy, lm_hyps, seconds = [], [], [], 0.0
+            bad = BadDataTally(max_bad_fraction)
             bar = _bar(progress, name)
             for batch in _batches(path, batch_seconds):
+                bad.add(*bad.count(len(batch), batch.skipped))
+                bad.check()
+                if len(batch) == 0:
+                    continue
                 seconds += batch.seconds
                 audio, lengths = batch.audio.to(dev), batch.lengths.to(dev)
                 with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -268,7 +278,8 @@ def evaluate(ckpt: str | Path, shard_sets: Sequence[str], *, lm: str | Path | No
             bar.close()
             ge = error_rates(refs, greedy)
             row = {"set": name, "path": path, "utterances": len(refs), "hours": seconds / 3600,
-                   "greedy_wer": ge.wer, "greedy_cer": ge.cer, "ref_words": ge.ref_words}
+                   "greedy_wer": ge.wer, "greedy_cer": ge.cer, "ref_words": ge.ref_words,
+                   "bad_utterances": bad.bad, "bad_shards": bad.bad_shards}
             if beam is not None:
                 le = error_rates(refs, lm_hyps)
                 row.update(lm_wer=le.wer, lm_cer=le.cer)
@@ -290,12 +301,16 @@ def _bar(enabled: bool, name: str):
 def summary_markdown(rows: list[dict]) -> str:
     """The per-set table in Markdown (percentages)."""
     lm = any("lm_wer" in r for r in rows)
-    head = ["set", "utterances", "hours", "greedy WER %", "greedy CER %"] + (["LM WER %", "LM CER %"] if lm else [])
+    bad = any(r.get("bad_utterances") or r.get("bad_shards") for r in rows)
+    head = (["set", "utterances", "hours", "greedy WER %", "greedy CER %"] + (["LM WER %", "LM CER %"] if lm else [])
+            + (["bad utterances skipped", "bad shards"] if bad else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["set"], str(r["utterances"]), f"{r['hours']:.3f}", _pct(r["greedy_wer"]), _pct(r["greedy_cer"])]
         if lm:
             cells += [_pct(r.get("lm_wer", math.nan)), _pct(r.get("lm_cer", math.nan))]
+        if bad:
+            cells += [str(r.get("bad_utterances", 0)), str(r.get("bad_shards", 0))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -26,13 +26,15 @@ all non-CNN parameters from the start; Adam skips parameters without a gradient,
 start at the unfreeze step. A resumed run re-applies the freeze state of its step.
 
 Checkpoints and resume work as in pre-training: ``RUN/checkpoints/step_N.pt`` (model, optimizer,
-step, RNG per rank, data position), ``best.pt`` by validation WER, ``--resume``.
+step, RNG per rank, data position), ``best.pt`` by validation WER, ``--resume`` (from the newest
+checkpoint that loads). So do the guards of a long run: bad utterances skipped and counted
+(``--max-bad-fraction``), non-finite steps not applied and divergence stopped
+(``--max-bad-steps``), checkpoints read without running their code (``--trust-checkpoint``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import hashlib
 import json
@@ -46,8 +48,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from corpus_tools.bad_data import DEFAULT_MAX_BAD_FRACTION
 from trainer import checkpoint as ckpt_lib
 from trainer.ctc import Wav2Vec2ForCTC, ctc_loss, init_ctc_model
+from trainer.guard import DEFAULT_MAX_BAD_STEPS, StepGuard, step_verdict, weights_finite
 from trainer.decode import error_rates, greedy_decode
 from trainer.text import encode, ids_to_text, normalize_text
 
@@ -106,6 +110,12 @@ class FinetuneArgs:
     transform: Any = None                     # a ShardBatchStream transform (tests, simulation)
     tensorboard: bool = False
     quiet: bool = False
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION  # stop when more of the data read is bad
+    max_bad_steps: int = DEFAULT_MAX_BAD_STEPS  # stop as diverged after this many non-finite steps in a row
+    trust_checkpoint: bool = False            # load --init / resume checkpoints with weights_only=False
+
+# what a fine-tuning checkpoint must hold to be resumed from
+FINETUNE_KEYS = ckpt_lib.TRAINING_KEYS + ("vocab", "final_dropout", "best_wer", "hours_seen")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,7 +341,7 @@ def check_transcripts(src: str, limit: int = 200) -> None:
 
     seen = 0
     for path in list_shards(src):
-        for rec in read_shard_records(path):
+        for rec in read_shard_records(path, on_bad=lambda event: None):  # the training stream names damage
             if (rec.meta.get("transcript") or rec.meta.get("transcription") or "").strip():
                 return
             seen += 1
@@ -379,14 +389,20 @@ def make_stream(shards: str, batch_seconds: float, args: FinetuneArgs, dist, *, 
 
 
 @torch.no_grad()
-def validate(model: Wav2Vec2ForCTC, shards: str, batch_seconds: float, args: FinetuneArgs, dist, autocast) -> dict:
-    """Validation CTC loss (per letter, mean over utterances) and greedy WER/CER over all ranks."""
+def validate(model: Wav2Vec2ForCTC, shards: str, batch_seconds: float, args: FinetuneArgs, dist, autocast,
+             data=None) -> dict:
+    """Validation CTC loss (per letter, mean over utterances) and greedy WER/CER over all ranks; bad
+    utterances are skipped (named once through the ``BadDataTally`` ``data``)."""
     was_training = model.training
     model.eval()
     loss_sum, n, refs, hyps = 0.0, 0, [], []
     for i, batch in enumerate(make_stream(shards, batch_seconds, args, dist, train=False)):
         if args.val_batches is not None and i >= args.val_batches:
             break
+        if data is not None:
+            data.count(len(batch), batch.skipped)
+        if len(batch) == 0:  # every utterance of it was bad data
+            continue
         targets, weights = targets_for(batch, args.language, args.digits)
         batch = batch.to(dist.device)
         with autocast:
@@ -424,25 +440,47 @@ def _wrap(model: Wav2Vec2ForCTC, dist):
 
 
 def _save(run_dir: Path, model: Wav2Vec2ForCTC, optimizer, state: dict, schedule, args: FinetuneArgs,
-          train: dict, data_info: dict, dist) -> None:
+          train: dict, data_info: dict, dist, extra: dict) -> None:
+    from trainer.pretrain import on_main, save_checkpoint_file
+
     rng = [ckpt_lib.rng_state()]
     if dist.ddp:
         rng = [None] * dist.world
         torch.distributed.all_gather_object(rng, ckpt_lib.rng_state())
-    if dist.main:
-        args_dict = {k: v for k, v in dataclasses.asdict(args).items() if k != "transform"}
-        ckpt_lib.atomic_save({
+
+    def save() -> None:
+        save_checkpoint_file({
             **model.checkpoint_dict(), "optimizer": optimizer.state_dict(), "step": state["step"],
             "hours_seen": state["hours_seen"], "best_wer": state["best_wer"], "schedule": schedule.to_dict(),
-            "args": args_dict, "train": train, "data": {**data_info, "batches_per_rank": state["step"] * int(
-                train["accumulation"]), "seed": args.seed}, "rng": rng, "world_size": dist.world,
-        }, ckpt_lib.step_checkpoint_path(run_dir, state["step"]))
+            "args": ckpt_lib.plain_args(args), "train": train, "data": {**data_info, "batches_per_rank": state["step"] * int(
+                train["accumulation"]), "seed": args.seed}, "rng": rng, "world_size": dist.world, **extra,
+        }, ckpt_lib.step_checkpoint_path(run_dir, state["step"]), run_dir)
         ckpt_lib.prune_checkpoints(run_dir, args.keep_checkpoints)
+
+    on_main(dist, save)
+
+
+def _ctc_model(args: FinetuneArgs, ckpt: dict | None, model_overrides: dict, train: dict) -> Wav2Vec2ForCTC:
+    """The model to fine-tune: resumed from ``ckpt``, or initialised from ``--init`` (or a random backbone)."""
+    if ckpt is not None:
+        from trainer.model import Wav2Vec2Config
+
+        model = Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(ckpt["config"]), ckpt["vocab"], ckpt["final_dropout"])
+        model.load_state_dict(ckpt["model"])
+        return model
+    return init_ctc_model(args.init, config=args.config, overrides=model_overrides,
+                          final_dropout=float(train["final_dropout"]), trust=args.trust_checkpoint)
 
 
 def finetune(args: FinetuneArgs) -> dict[str, Any]:
-    """Fine-tune; returns step, labelled hours seen, best validation WER, last train record and the model."""
-    from trainer.pretrain import Dist, RunLog, all_reduce_sum, setup_distributed
+    """Fine-tune; returns step, labelled hours seen, best validation WER, last train record and the model.
+
+    Stops like ``trainer.pretrain.pretrain``: ``DivergedError``, ``BadDataError`` or
+    ``CheckpointSaveError`` on every rank alike, after logging what happened.
+    """
+    from trainer.pretrain import (RUN_STOPS, Dist, RunLog, StepCounts, all_reduce_sum, bad_data_tally, divergence,
+                                  forward_backward, load_resume_checkpoint, on_main, robust_state,
+                                  save_checkpoint_file, setup_distributed)
     from trainer.schedules import Schedule
 
     if args.digits not in ("spell", "drop"):
@@ -462,6 +500,11 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
         if dist.main and not args.quiet:
             print(f"[finetune] {msg}", flush=True)
 
+    # The model first: a checkpoint that cannot be used fails before any data is written.
+    resume_from, ckpt = load_resume_checkpoint(run_dir, args.resume, dist, trust=args.trust_checkpoint,
+                                               required=FINETUNE_KEYS)
+    model = _ctc_model(args, ckpt, model_overrides, train)
+
     # Data: rank 0 writes a label subset (if any) while the others wait.
     label_hours = None if train["label_hours"] is None else float(train["label_hours"])
     if dist.main:
@@ -477,24 +520,17 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
     peak_lr = float(train["lr"])
     schedule = Schedule("tri_stage", peak_lr, steps)
 
-    resume_from = ckpt_lib.resume_point(run_dir, args.resume)
-    ckpt = ckpt_lib.load_checkpoint(resume_from) if resume_from is not None else None
-    if ckpt is not None:
-        from trainer.model import Wav2Vec2Config
-
-        model = Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(ckpt["config"]), ckpt["vocab"], ckpt["final_dropout"])
-        model.load_state_dict(ckpt["model"])
-    else:
-        model = init_ctc_model(args.init, config=args.config, overrides=model_overrides,
-                               final_dropout=float(train["final_dropout"]))
     model.to(dist.device).train()
     model.set_trainable(transformer=False)
     optimizer = torch.optim.Adam(model.finetunable_parameters(), lr=peak_lr, betas=(0.9, 0.98), eps=1e-8,
                                  weight_decay=0.0, fused=dist.device.type == "cuda")
     state = {"step": 0, "hours_seen": 0.0, "best_wer": math.inf}
+    data, guard = bad_data_tally(args, dist, "[finetune]"), StepGuard(args.max_bad_steps)
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         state.update(step=ckpt["step"], hours_seen=ckpt["hours_seen"], best_wer=ckpt["best_wer"])
+        data.load_state(ckpt.get("bad_data"))
+        guard.load_state(ckpt.get("guard"))
         say(f"resumed from {resume_from} at step {state['step']}")
 
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and dist.device.type == "cuda")
@@ -515,83 +551,122 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
         f"{peak_lr / 20:.3g}; transformer frozen for {freeze_steps} steps; mask p {model.cfg.mask_prob}, "
         f"dropout {model.cfg.dropout}; steps {state['step']} → {last_step}")
 
+    def train_record(step: int, lr: float, **extra) -> dict:
+        """The interval's log record (reduced over ranks) and the progress line."""
+        nonlocal sums, count, used_utts, seconds, grad_norms, t_log, counts
+        total_loss, total_count, total_used, total_seconds = all_reduce_sum(
+            [float(sums), count, used_utts, seconds], dist)
+        elapsed = time.time() - t_log
+        state["hours_seen"] += total_seconds / 3600
+        rec = {"split": "train", "step": step, "lr": lr, "frozen": bool(frozen), "utterances": total_used,
+               "hours_seen": state["hours_seen"], "audio_seconds_per_second": total_seconds / max(elapsed, 1e-9),
+               **counts.fields(data, guard), **extra}
+        if total_count:
+            rec["loss"] = total_loss / total_count
+        if grad_norms:
+            rec["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        log.write(rec)
+        if "loss" in rec:
+            line = (f"step {step}: ctc {rec['loss']:.4g} lr {lr:.3g} grad {rec.get('grad_norm', math.nan):.3g} "
+                    f"{'(transformer frozen) ' if frozen else ''}{rec['audio_seconds_per_second']:.0f} s/s "
+                    f"{state['hours_seen']:.3f} h seen")
+        else:
+            line = f"step {step}: no update applied since the last log record"
+        say(line + counts.summary())
+        sums, count, used_utts, seconds, grad_norms, t_log, counts = 0.0, 0, 0.0, 0.0, [], time.time(), StepCounts()
+        return rec
+
     frozen = None
     ddp_model = model
     sums, count, used_utts, seconds, grad_norms, t_log, rec = 0.0, 0, 0.0, 0.0, [], time.time(), {}
-    while state["step"] < last_step:
-        step = state["step"]
-        want_frozen = step < freeze_steps
-        if want_frozen != frozen:
-            model.set_trainable(transformer=not want_frozen)
-            if dist.ddp:  # drop the old wrapper (and its reducer's gradient hooks) before building the new one
-                ddp_model = model
-                gc.collect()
-            ddp_model = _wrap(model, dist)
-            if frozen is not None or step > 0:
-                say(f"step {step}: transformer {'frozen' if want_frozen else 'unfrozen'}")
-            frozen = want_frozen
-        lr = schedule(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(accum):
-            batch = next(batches)
-            targets, weights = targets_for(batch, args.language, args.digits)
-            sec = float(batch.lengths.sum()) / SAMPLE_RATE
-            batch = batch.to(dist.device, non_blocking=True)
-            sync = contextlib.nullcontext() if (not dist.ddp or micro == accum - 1) else ddp_model.no_sync()
-            with sync:
-                with autocast:
-                    out = ddp_model(batch.audio, batch.lengths)
-                loss = ctc_loss(out["logits"], out["frame_lengths"], targets, weights)
-                (loss / accum).backward()
-            sums += loss.detach()
-            count += 1
-            used_utts += float(weights.sum())
-            seconds += sec
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        grad_norms.append(grad_norm.detach())
-        state["step"] = step = step + 1
+    counts = StepCounts()
+    try:
+        while state["step"] < last_step:
+            step = state["step"]
+            want_frozen = step < freeze_steps
+            if want_frozen != frozen:
+                model.set_trainable(transformer=not want_frozen)
+                if dist.ddp:  # drop the old wrapper (and its reducer's gradient hooks) before building the new one
+                    ddp_model = model
+                    gc.collect()
+                ddp_model = _wrap(model, dist)
+                if frozen is not None or step > 0:
+                    say(f"step {step}: transformer {'frozen' if want_frozen else 'unfrozen'}")
+                frozen = want_frozen
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            step_loss, step_count, step_used, step_seconds, rows, found = 0.0, 0, 0.0, 0.0, 0, (0, 0, 0)
+            for micro in range(accum):
+                batch = next(batches)
+                found = tuple(a + b for a, b in zip(found, data.count(len(batch), batch.skipped)))
+                targets, weights = targets_for(batch, args.language, args.digits)
+                sec = float(batch.lengths.sum()) / SAMPLE_RATE
 
-        checkpoint_now = step % int(train["ckpt_every"]) == 0 or step == last_step
-        if step % int(train["log_every"]) == 0 or checkpoint_now:
-            total_loss, total_count, total_used, total_seconds = all_reduce_sum(
-                [float(sums), count, used_utts, seconds], dist)
-            elapsed = time.time() - t_log
-            state["hours_seen"] += total_seconds / 3600
-            rec = {"split": "train", "step": step, "loss": total_loss / max(total_count, 1), "lr": lr,
-                   "grad_norm": float(torch.stack(grad_norms).mean()), "frozen": bool(frozen),
-                   "utterances": total_used, "hours_seen": state["hours_seen"],
-                   "audio_seconds_per_second": total_seconds / max(elapsed, 1e-9)}
-            log.write(rec)
-            say(f"step {step}: ctc {rec['loss']:.4g} lr {lr:.3g} grad {rec['grad_norm']:.3g} "
-                f"{'(transformer frozen) ' if frozen else ''}{rec['audio_seconds_per_second']:.0f} s/s "
-                f"{state['hours_seen']:.3f} h seen")
-            sums, count, used_utts, seconds, grad_norms, t_log = 0.0, 0, 0.0, 0.0, [], time.time()
+                def loss_of(out, _batch, targets=targets, weights=weights):
+                    return ctc_loss(out["logits"], out["frame_lengths"], targets, weights)
 
-        if args.val and (step % int(train["val_every"]) == 0 or step == last_step):
-            with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
-                v = validate(model, args.val, per_gpu, args, dist, autocast)
-            v = {"split": "val", "step": step, **v, "hours_seen": state["hours_seen"]}
-            log.write(v)
-            say(f"validation at step {step}: ctc {v['loss']:.4g} WER {100 * v['wer']:.2f} % "
-                f"CER {100 * v['cer']:.2f} % ({v['utterances']} utterances)")
-            if not math.isnan(v["wer"]) and v["wer"] < state["best_wer"]:
-                state["best_wer"] = v["wer"]
-                if dist.main:
-                    ckpt_lib.atomic_save({**model.checkpoint_dict(), "step": step, "val": v,
-                                          "hours_seen": state["hours_seen"]},
-                                         run_dir / ckpt_lib.CHECKPOINT_DIR / "best.pt")
-            t_log = time.time()
+                out = forward_backward(ddp_model, batch, accum, micro == accum - 1, dist, autocast, loss_of)
+                if out is not None:
+                    step_loss = step_loss + out["loss"].detach()
+                    step_count += 1
+                    step_used += float(weights.sum())
+                    step_seconds += sec
+                    rows += len(batch)
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, args.max_grad_norm or math.inf)
+            verdict = step_verdict(step_loss, grad_norm, rows, found, dist)
+            if verdict.apply:  # a non-finite step changes no weight and no optimizer state
+                optimizer.step()
+                sums, count = sums + step_loss, count + step_count
+                used_utts, seconds = used_utts + step_used, seconds + step_seconds
+                grad_norms.append(verdict.grad_norm)
+            optimizer.zero_grad(set_to_none=True)
+            data.add(verdict.good, verdict.bad, verdict.bad_shards)
+            counts.add(verdict)
+            state["step"] = step = step + 1
+            diverged = guard.record(verdict.finite) if verdict.rows else None
+            if diverged is not None:
+                rec = train_record(step, lr, diverged=True, reason=diverged)
+                raise divergence(run_dir, step, diverged)
+            if data.exceeded() is not None:
+                rec = train_record(step, lr, stopped="too much bad data")
+                data.check()
 
-        if checkpoint_now:
-            _save(run_dir, model, optimizer, state, schedule, args, train, data_info, dist)
+            checkpoint_now = step % int(train["ckpt_every"]) == 0 or step == last_step
+            if step % int(train["log_every"]) == 0 or checkpoint_now:
+                rec = train_record(step, lr)
 
+            if args.val and (step % int(train["val_every"]) == 0 or step == last_step):
+                with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+                    v = validate(model, args.val, per_gpu, args, dist, autocast, data)
+                v = {"split": "val", "step": step, **v, "hours_seen": state["hours_seen"]}
+                log.write(v)
+                say(f"validation at step {step}: ctc {v['loss']:.4g} WER {100 * v['wer']:.2f} % "
+                    f"CER {100 * v['cer']:.2f} % ({v['utterances']} utterances)")
+                if not math.isnan(v["wer"]) and v["wer"] < state["best_wer"] and weights_finite(model):
+                    state["best_wer"] = v["wer"]
+                    on_main(dist, lambda: save_checkpoint_file(
+                        {**model.checkpoint_dict(), "step": step, "val": v, "hours_seen": state["hours_seen"]},
+                        run_dir / ckpt_lib.CHECKPOINT_DIR / "best.pt", run_dir))
+                t_log = time.time()
+
+            if checkpoint_now:
+                if not weights_finite(model):  # never on disk: stop as diverged instead
+                    reason = "the weights are no longer finite (not saved)"
+                    log.write({"split": "train", "step": step, "diverged": True, "reason": reason})
+                    raise divergence(run_dir, step, reason)
+                _save(run_dir, model, optimizer, state, schedule, args, train, data_info, dist,
+                      robust_state(data, guard))
+    except RUN_STOPS:  # raised on every rank at the same step
+        log.close()
+        if dist.ddp:
+            torch.distributed.destroy_process_group()
+        raise
     log.close()
     if dist.ddp:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {"step": state["step"], "hours_seen": state["hours_seen"], "best_wer": state["best_wer"],
-            "run_dir": str(run_dir), "last_train": rec, "model": model, "train": train, "data": data_info}
+            "run_dir": str(run_dir), "last_train": rec, "model": model, "train": train, "data": data_info,
+            "skipped_steps": guard.skipped, "bad_utterances": data.bad, "bad_shards": data.bad_shards}

@@ -18,12 +18,16 @@ unpadded, so its frames are shifted by a few samples (49.9 frames/s); a warning 
 
 from __future__ import annotations
 
+import argparse
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from trainer import safe_load
 
 from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
@@ -165,13 +169,13 @@ def state_dict_from_hf(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> d
     return out
 
 
-def export_hf(ckpt_path: str | Path, out_dir: str | Path, *, pretraining: bool = True) -> Path:
+def export_hf(ckpt_path: str | Path, out_dir: str | Path, *, pretraining: bool = True, trust: bool = False) -> Path:
     """Write an HF folder (``config.json``, weights, feature-extractor config) from our checkpoint."""
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining as HFPre, Wav2Vec2Model as HFModel
 
     from trainer.checkpoint import load_model
 
-    model = load_model(ckpt_path)
+    model = load_model(ckpt_path, trust=trust)
     cfg = model.cfg
     hf_cfg = to_hf_config(cfg)
     state = state_dict_to_hf(model.state_dict(), cfg)
@@ -196,17 +200,36 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, *, pretraining: bool =
 # fairseq
 
 
+def _plain_config(obj: Any) -> Any:
+    """A fairseq config as plain containers: an omegaconf ``DictConfig`` (fairseq ≥ 0.10 saves
+    ``cfg`` as one) or a legacy ``argparse.Namespace`` (``args``) → dict."""
+    if isinstance(obj, argparse.Namespace):
+        return vars(obj)
+    try:
+        from omegaconf import OmegaConf
+    except ImportError:
+        return obj
+    if OmegaConf.is_config(obj):
+        try:
+            return OmegaConf.to_container(obj, resolve=True)
+        except Exception:  # noqa: BLE001 - an interpolation that points outside the saved config
+            return OmegaConf.to_container(obj, resolve=False)
+    return obj
+
+
 def _fairseq_model_cfg(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The wav2vec2 model config of a fairseq checkpoint (new ``cfg`` or legacy ``args``)."""
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"not a fairseq checkpoint: it holds a {type(ckpt).__name__}")
     if ckpt.get("cfg") is not None:
-        model_cfg = dict(ckpt["cfg"]["model"])
+        model_cfg = dict(_plain_config(_plain_config(ckpt["cfg"])["model"]))
     elif ckpt.get("args") is not None:
-        model_cfg = vars(ckpt["args"])
+        model_cfg = dict(_plain_config(ckpt["args"]))
     else:
         raise ValueError("not a fairseq checkpoint: no 'cfg' or 'args'")
-    w2v = model_cfg.get("w2v_args")  # a CTC fine-tuned checkpoint wraps the pre-training config
+    w2v = _plain_config(model_cfg.get("w2v_args"))  # a CTC fine-tuned checkpoint wraps the pre-training config
     if w2v is not None:
-        model_cfg = dict(w2v["model"]) if isinstance(w2v, dict) and "model" in w2v else vars(w2v)
+        model_cfg = dict(_plain_config(w2v["model"])) if isinstance(w2v, Mapping) and "model" in w2v else dict(w2v)
     return model_cfg
 
 
@@ -297,11 +320,12 @@ def state_dict_from_fairseq(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config)
 # One entry point for initialisation
 
 
-def load_pretrained(path: str | Path, *, strict_backbone: bool = True) -> Wav2Vec2ForPreTraining:
+def load_pretrained(path: str | Path, *, strict_backbone: bool = True, trust: bool = False) -> Wav2Vec2ForPreTraining:
     """A ``Wav2Vec2ForPreTraining`` initialised from our checkpoint, an HF folder or a fairseq ``.pt``.
 
     Missing quantizer/projection weights (e.g. from a CTC model) keep their fresh initialisation;
-    missing backbone weights are an error when ``strict_backbone``.
+    missing backbone weights are an error when ``strict_backbone``. Files are read without
+    running code from them (``trainer.safe_load``) unless ``trust``.
     """
     path = Path(path)
     if path.is_dir():
@@ -316,16 +340,16 @@ def load_pretrained(path: str | Path, *, strict_backbone: bool = True) -> Wav2Ve
 
             raw = load_file(str(path / "model.safetensors"))
         elif (path / "pytorch_model.bin").exists():
-            raw = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
+            raw = safe_load.load(path / "pytorch_model.bin", trust=trust)
         else:
             raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin")
         state = state_dict_from_hf(raw, cfg)
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_load.load(path, trust=trust)
         if isinstance(ckpt, dict) and "config" in ckpt and "model" in ckpt:
-            from trainer.checkpoint import load_model
+            from trainer.checkpoint import model_from_checkpoint
 
-            return load_model(path)
+            return model_from_checkpoint(ckpt, path)
         cfg = from_fairseq_config(_fairseq_model_cfg(ckpt))
         state = state_dict_from_fairseq(ckpt["model"], cfg)
     model = Wav2Vec2ForPreTraining(cfg)

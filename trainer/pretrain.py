@@ -12,16 +12,22 @@ Exact resume: model, optimizer, step (→ LR and gumbel τ), per-rank RNG states
 the data position (``start_batch = step × accumulation`` of each rank's stream) are saved; a
 resumed run continues the same loss sequence bit for bit (same world size, CPU, num_workers=0
 for the test; on GPU up to kernel non-determinism).
+
+A long run survives bad data and bad luck: damaged utterances and shards are skipped and
+counted (``corpus_tools.bad_data``; ``--max-bad-fraction`` stops a run on a wrong folder), a
+step whose loss or gradient norm is not finite is not applied and too many of them stop the
+run as diverged (``trainer.guard``), ``--resume`` starts from the newest checkpoint that loads,
+and a checkpoint that cannot be written ends the run with the previous one intact.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from corpus_tools.bad_data import DEFAULT_MAX_BAD_FRACTION, BadDataError, BadDataTally
 from trainer import checkpoint as ckpt_lib
+from trainer.guard import (DEFAULT_MAX_BAD_STEPS, DivergedError, StepGuard, StepVerdict, dummy_batch, step_verdict,
+                           weights_finite)
 from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining, codebook_similarity, count_parameters, load_config_file
 from trainer.schedules import Schedule, lr_heuristic
 
@@ -81,6 +90,9 @@ class PretrainArgs:
     tensorboard: bool = False
     model_overrides: dict[str, Any] = field(default_factory=dict)
     quiet: bool = False
+    max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION  # stop when more of the data read is bad
+    max_bad_steps: int = DEFAULT_MAX_BAD_STEPS  # stop as diverged after this many non-finite steps in a row
+    trust_checkpoint: bool = False            # load --init / resume checkpoints with weights_only=False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,8 +292,12 @@ class Meter:
 
     def reduce(self, dist: Dist) -> dict[str, float]:
         keys = sorted(self.sums)
-        vals = all_reduce_sum([float(self.sums[k]) for k in keys] + [self.count, self.seconds, self.padded_seconds],
-                              dist)
+        if dist.ddp:  # a rank whose micro-batches were all empty (bad data) has no metrics yet
+            gathered = [None] * dist.world
+            torch.distributed.all_gather_object(gathered, keys)
+            keys = sorted({k for ks in gathered for k in ks})
+        vals = all_reduce_sum([float(self.sums.get(k, 0.0)) for k in keys]
+                              + [self.count, self.seconds, self.padded_seconds], dist)
         count, seconds, padded = vals[-3:]
         out = {k: v / max(count, 1) for k, v in zip(keys, vals)}
         out["padding_fraction"] = 1 - seconds / padded if padded else 0.0
@@ -361,8 +377,10 @@ def named_metrics(m: dict[str, float]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate(model: Wav2Vec2ForPreTraining, loader, dist: Dist, autocast, max_batches: int, seed: int) -> dict[str, float]:
-    """Mean metrics over up to ``max_batches`` batches per rank, with fixed masks/negatives (seeded generator)."""
+def validate(model: Wav2Vec2ForPreTraining, loader, dist: Dist, autocast, max_batches: int, seed: int,
+             data: BadDataTally | None = None) -> dict[str, float]:
+    """Mean metrics over up to ``max_batches`` batches per rank, with fixed masks/negatives (seeded generator).
+    Bad utterances are skipped (and named once through ``data``)."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=dist.device).manual_seed(seed)
@@ -370,6 +388,10 @@ def validate(model: Wav2Vec2ForPreTraining, loader, dist: Dist, autocast, max_ba
     for i, batch in enumerate(loader):
         if i >= max_batches:
             break
+        if data is not None:
+            data.count(len(batch), batch.skipped)
+        if len(batch) == 0:
+            continue
         seconds, padded = audio_seconds(batch)
         batch = batch.to(dist.device)
         with autocast:
@@ -379,22 +401,80 @@ def validate(model: Wav2Vec2ForPreTraining, loader, dist: Dist, autocast, max_ba
 
 
 def save_training_checkpoint(run_dir: Path, model, optimizer, state: dict, cfg: Wav2Vec2Config, schedule: Schedule,
-                             args: PretrainArgs, train: dict, dist: Dist) -> None:
-    """Gather every rank's RNG state, then rank 0 writes ``checkpoints/step_N.pt`` atomically."""
+                             args: PretrainArgs, train: dict, dist: Dist, extra: dict | None = None) -> None:
+    """Gather every rank's RNG state, then rank 0 writes ``checkpoints/step_N.pt`` atomically and
+    prunes old ones; a failed write ends the run on every rank (``CheckpointSaveError``), with the
+    previous checkpoints as they were. Never called with non-finite weights (the loop stops first)."""
     rng = [ckpt_lib.rng_state()]
     if dist.ddp:
         rng = [None] * dist.world
         torch.distributed.all_gather_object(rng, ckpt_lib.rng_state())
-    if dist.main:
-        args_dict = {k: v for k, v in dataclasses.asdict(args).items() if k != "transform"}
-        ckpt_lib.atomic_save({
+
+    def save() -> None:
+        path = ckpt_lib.step_checkpoint_path(run_dir, state["step"])
+        save_checkpoint_file({
             "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "step": state["step"], "hours_seen": state["hours_seen"], "best_val": state["best_val"],
-            "schedule": schedule.to_dict(), "args": args_dict, "train": train, "rng": rng,
+            "schedule": schedule.to_dict(), "args": ckpt_lib.plain_args(args), "train": train, "rng": rng,
             "world_size": dist.world, "data": {"batches_per_rank": state["step"] * train["accumulation"],
-                                               "seed": args.seed},
-        }, ckpt_lib.step_checkpoint_path(run_dir, state["step"]))
+                                               "seed": args.seed}, **(extra or {}),
+        }, path, run_dir)
         ckpt_lib.prune_checkpoints(run_dir, args.keep_checkpoints)
+
+    on_main(dist, save)
+
+
+def save_checkpoint_file(obj: dict, path: Path, run_dir: Path) -> None:
+    """``atomic_save``, with the message a full disk needs: which checkpoint is kept."""
+    previous = ckpt_lib.latest_checkpoint(run_dir)
+    try:
+        ckpt_lib.atomic_save(obj, path)
+    except ckpt_lib.CheckpointSaveError as e:
+        kept = (f"the previous checkpoint {previous.name} is kept; free space and continue with --resume"
+                if previous is not None and previous != path else "no earlier checkpoint to resume from")
+        raise ckpt_lib.CheckpointSaveError(f"{e}; {kept}") from None
+
+
+def on_main(dist: Dist, fn) -> None:
+    """Run ``fn`` on rank 0. A checkpoint it cannot write is raised on every rank: the others
+    would otherwise wait for rank 0 at the next collective until the timeout."""
+    error = None
+    if dist.main:
+        try:
+            fn()
+        except ckpt_lib.CheckpointSaveError as e:
+            error = str(e)
+    if dist.ddp:
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise ckpt_lib.CheckpointSaveError(error)
+
+
+def load_resume_checkpoint(run_dir: Path, resume: bool, dist: Dist, *, trust: bool,
+                           required: tuple[str, ...] = ckpt_lib.TRAINING_KEYS) -> tuple[Path | None, dict | None]:
+    """The newest readable step checkpoint (``ckpt_lib.resume_checkpoint``), chosen by rank 0 —
+    which alone sets damaged ones aside — and then loaded by every rank."""
+    path, ckpt, error = None, None, None
+    if dist.main:
+        try:
+            path, ckpt = ckpt_lib.resume_checkpoint(run_dir, resume, trust=trust, required=required,
+                                                    say=lambda msg: warn(dist, msg))
+        except ValueError as e:
+            error = e
+    if dist.ddp:
+        box = [(None if path is None else str(path), None if error is None else str(error))]
+        torch.distributed.broadcast_object_list(box, src=0)
+        chosen, message = box[0]
+        if not dist.main:
+            if message is not None:
+                raise ValueError(message)
+            path = None if chosen is None else Path(chosen)
+            ckpt = None if path is None else ckpt_lib.load_checkpoint(path, trust=trust)
+    if error is not None:
+        raise error
+    return path, ckpt
 
 
 def say(dist: Dist, args: PretrainArgs, msg: str) -> None:
@@ -402,12 +482,97 @@ def say(dist: Dist, args: PretrainArgs, msg: str) -> None:
         print(f"[trainer] {msg}", flush=True)
 
 
+def warn(dist: Dist, msg: str, prefix: str = "[trainer]") -> None:
+    """A warning on stderr (rank 0; --quiet does not silence it)."""
+    if dist.main:
+        print(f"{prefix} warning: {msg}", file=sys.stderr, flush=True)
+
+
+def bad_data_tally(args, dist: Dist, prefix: str = "[trainer]") -> BadDataTally:
+    """The run's bad-data tally; every rank names the damage it met itself (stderr)."""
+    return BadDataTally(float(args.max_bad_fraction),
+                        warn=lambda line: print(f"{prefix} {line}", file=sys.stderr, flush=True))
+
+
+def forward_backward(model, batch, accum: int, last: bool, dist: Dist, autocast, loss_of=None) -> dict | None:
+    """Forward and backward of one micro-batch (loss / accum); returns the model output.
+
+    An empty batch (all of it bad data) is skipped and gives None; under DDP the rank runs the
+    model on ``dummy_batch()`` with loss weight 0 instead, so that the gradient all-reduce of
+    every rank happens. ``loss_of(out, batch)`` computes the loss (default ``out["loss"]``).
+    """
+    real = len(batch) > 0
+    if not real and not dist.ddp:
+        return None
+    batch = (batch if real else dummy_batch()).to(dist.device, non_blocking=True)
+    sync = contextlib.nullcontext() if (not dist.ddp or last) else model.no_sync()
+    with sync:
+        with autocast:
+            out = model(batch.audio, batch.lengths)
+        loss = out["loss"] if loss_of is None else loss_of(out, batch)
+        (loss / accum if real else loss * 0.0).backward()
+    return {**out, "loss": loss} if real else None
+
+
+class StepCounts:
+    """Skipped steps and bad data between two log records (from the all-reduced verdicts)."""
+
+    def __init__(self):
+        self.skipped_steps = self.empty_steps = self.bad_utterances = self.bad_shards = 0
+
+    def add(self, verdict: StepVerdict) -> None:
+        self.skipped_steps += not verdict.finite
+        self.empty_steps += verdict.rows == 0
+        self.bad_utterances += verdict.bad
+        self.bad_shards += verdict.bad_shards
+
+    def fields(self, data: BadDataTally, guard: StepGuard) -> dict[str, int]:
+        out = {"skipped_steps": self.skipped_steps, "skipped_steps_total": guard.skipped,
+               "bad_utterances": self.bad_utterances, "bad_shards": self.bad_shards,
+               "bad_utterances_total": data.bad, "bad_shards_total": data.bad_shards,
+               "utterances_seen_total": data.read}
+        if self.empty_steps:
+            out["empty_steps"] = self.empty_steps
+        return out
+
+    def summary(self) -> str:
+        """What went wrong in the interval, for the progress line ('' when nothing did)."""
+        parts = []
+        if self.skipped_steps:
+            parts.append(f"{self.skipped_steps} step(s) not applied (loss or gradient not finite)")
+        if self.bad_utterances or self.bad_shards:
+            parts.append(f"{self.bad_utterances} bad utterance(s), {self.bad_shards} bad shard(s) skipped")
+        return ("; " + "; ".join(parts)) if parts else ""
+
+
+# How a run ends early; every rank raises the same one at the same step.
+RUN_STOPS = (DivergedError, BadDataError, ckpt_lib.CheckpointSaveError)
+
+
+def divergence(run_dir: Path, step: int, reason: str) -> DivergedError:
+    """The error that ends a diverged run, naming the checkpoint to go back to."""
+    last = ckpt_lib.latest_checkpoint(run_dir)
+    where = (f"the newest checkpoint, {last.name}, holds finite weights" if last is not None
+             else "no checkpoint was written")
+    return DivergedError(step, f"{reason}; {where}; lower --lr or set --max-grad-norm")
+
+
+def robust_state(data: BadDataTally, guard: StepGuard) -> dict:
+    """The counters a resumed run continues (saved in the checkpoint)."""
+    return {"bad_data": data.state(), "guard": guard.state()}
+
+
 # ---------------------------------------------------------------------------------------------
 # the loop
 
 
 def pretrain(args: PretrainArgs) -> dict[str, Any]:
-    """Pre-train; returns step, hours seen, best validation loss, the last train log record and the model."""
+    """Pre-train; returns step, hours seen, best validation loss, the last train log record and the model.
+
+    Raises ``DivergedError`` (too many non-finite steps), ``BadDataError`` (more bad data than
+    ``max_bad_fraction``) and ``CheckpointSaveError`` (a checkpoint could not be written) on
+    every rank alike, after logging what happened.
+    """
     dist = setup_distributed()
     torch.manual_seed(args.seed + dist.rank)
     np.random.seed(args.seed + dist.rank)
@@ -423,24 +588,25 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
     peak_lr = lr_heuristic(global_seconds, args.lr_rule) if str(train["lr"]) == "auto" else float(train["lr"])
     schedule = Schedule(train["schedule"], peak_lr, int(train["steps"]), args.cycle_steps, args.cycle_steps)
 
-    # Model and optimizer (fresh, initialised from HF/fairseq, or resumed).
-    resume_from = ckpt_lib.resume_point(run_dir, args.resume)
+    # Model and optimizer (fresh, initialised from HF/fairseq, or resumed from the newest readable checkpoint).
+    resume_from, ckpt = load_resume_checkpoint(run_dir, args.resume, dist, trust=args.trust_checkpoint)
     if args.init and resume_from is None:
         from trainer.hf import load_pretrained
 
-        model = load_pretrained(args.init)
+        model = load_pretrained(args.init, trust=args.trust_checkpoint)
         cfg = model.cfg
     else:
         model = Wav2Vec2ForPreTraining(cfg)
     model.to(dist.device).train()
     optimizer = make_optimizer(model, peak_lr, float(train["weight_decay"]), dist.device)
     state = {"step": 0, "hours_seen": 0.0, "best_val": math.inf}
-    ckpt = None
-    if resume_from is not None:
-        ckpt = ckpt_lib.load_checkpoint(resume_from)
+    data, guard = bad_data_tally(args, dist), StepGuard(args.max_bad_steps)
+    if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state.update(step=ckpt["step"], hours_seen=ckpt["hours_seen"], best_val=ckpt["best_val"])
+        data.load_state(ckpt.get("bad_data"))
+        guard.load_state(ckpt.get("guard"))
         say(dist, args, f"resumed from {resume_from} at step {state['step']}")
     raw_model = model
     if args.compile:
@@ -471,71 +637,107 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
         f"{per_gpu:g} s = {global_seconds:g} s of audio; peak LR {peak_lr:.3g} ({schedule.name}); "
         f"steps {state['step']} → {last_step}")
 
-    meter, grad_norms, t_log, rec, sim_counts = Meter(), [], time.time(), {}, SimulationCounts()
-    while state["step"] < last_step:
-        step = state["step"]
-        lr = schedule(step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        raw_model.set_step(step)
-        for micro in range(accum):
-            batch = next(batches)
-            seconds, padded = audio_seconds(batch)  # on the host, before the copy (no device sync)
-            sim_counts.add(batch)
-            batch = batch.to(dist.device, non_blocking=True)
-            sync = contextlib.nullcontext() if (not dist.ddp or micro == accum - 1) else model.no_sync()
-            with sync:
-                with autocast:
-                    out = model(batch.audio, batch.lengths)
-                (out["loss"] / accum).backward()
-            meter.add(out, seconds, padded)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.max_grad_norm or math.inf)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        grad_norms.append(grad_norm.detach())
-        state["step"] = step = step + 1
+    def train_record(step: int, lr: float, **extra) -> dict:
+        """The interval's log record (reduces the meters over ranks) and the progress line."""
+        nonlocal meter, grad_norms, t_log, sim_counts, counts
+        m = meter.reduce(dist)
+        elapsed = time.time() - t_log
+        state["hours_seen"] += m["_seconds"] / 3600
+        rec = {"split": "train", "step": step, **named_metrics(m), "lr": lr, "hours_seen": state["hours_seen"],
+               "audio_seconds_per_second": m["_seconds"] / max(elapsed, 1e-9),
+               **sim_counts.reduce(dist), **codebook_similarity(raw_model.quantizer),
+               **counts.fields(data, guard), **extra}
+        if grad_norms:
+            rec["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        if peak:
+            rec["mfu"] = rec["audio_seconds_per_second"] / dist.world * flops_per_sec / peak
+            rec["max_memory_gb"] = torch.cuda.max_memory_allocated(dist.device) / 1e9
+        log.write(rec)
+        if "loss" in rec:
+            line = (f"step {step}: loss {rec['loss']:.4g} contrastive {rec['contrastive']:.3f} "
+                    f"acc {rec['accuracy']:.3f} ppl {rec.get('ppl_cb0', 0):.1f}/{rec.get('ppl_cb1', 0):.1f} "
+                    f"τ {rec['temperature']:.3f} lr {lr:.3g} {rec['audio_seconds_per_second']:.0f} s/s "
+                    f"{state['hours_seen']:.3f} h seen")
+        else:
+            line = f"step {step}: no update applied since the last log record"
+        say(dist, args, line + counts.summary())
+        meter, grad_norms, t_log, sim_counts, counts = Meter(), [], time.time(), SimulationCounts(), StepCounts()
+        return rec
 
-        checkpoint_now = step % int(train["ckpt_every"]) == 0 or step == last_step
-        if step % int(train["log_every"]) == 0 or checkpoint_now:  # a checkpoint needs the hours seen
-            m = meter.reduce(dist)
-            elapsed = time.time() - t_log
-            state["hours_seen"] += m["_seconds"] / 3600
-            rec = {"split": "train", "step": step, **named_metrics(m), "lr": lr,
-                   "grad_norm": float(torch.stack(grad_norms).mean()), "hours_seen": state["hours_seen"],
-                   "audio_seconds_per_second": m["_seconds"] / max(elapsed, 1e-9),
-                   **sim_counts.reduce(dist), **codebook_similarity(raw_model.quantizer)}
-            if peak:
-                rec["mfu"] = rec["audio_seconds_per_second"] / dist.world * flops_per_sec / peak
-                rec["max_memory_gb"] = torch.cuda.max_memory_allocated(dist.device) / 1e9
-            log.write(rec)
-            say(dist, args, f"step {step}: loss {rec['loss']:.4g} contrastive {rec['contrastive']:.3f} "
-                f"acc {rec['accuracy']:.3f} ppl {rec.get('ppl_cb0', 0):.1f}/{rec.get('ppl_cb1', 0):.1f} "
-                f"τ {rec['temperature']:.3f} lr {lr:.3g} {rec['audio_seconds_per_second']:.0f} s/s "
-                f"{state['hours_seen']:.3f} h seen")
-            meter, grad_norms, t_log, sim_counts = Meter(), [], time.time(), SimulationCounts()
+    meter, grad_norms, t_log, rec, sim_counts, counts = Meter(), [], time.time(), {}, SimulationCounts(), StepCounts()
+    try:
+        while state["step"] < last_step:
+            step = state["step"]
+            lr = schedule(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            raw_model.set_step(step)
+            outs, loss_sum, rows, found = [], 0.0, 0, (0, 0, 0)
+            for micro in range(accum):
+                batch = next(batches)
+                seconds, padded = audio_seconds(batch)  # on the host, before the copy (no device sync)
+                sim_counts.add(batch)
+                found = tuple(a + b for a, b in zip(found, data.count(len(batch), batch.skipped)))
+                out = forward_backward(model, batch, accum, micro == accum - 1, dist, autocast)
+                if out is not None:
+                    outs.append((out, seconds, padded))
+                    loss_sum = loss_sum + out["loss"].detach()
+                    rows += len(batch)
+            grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), args.max_grad_norm or math.inf)
+            verdict = step_verdict(loss_sum, grad_norm, rows, found, dist)
+            if verdict.apply:  # a non-finite step changes no weight and no optimizer state
+                optimizer.step()
+                for out, seconds, padded in outs:
+                    meter.add(out, seconds, padded)
+                grad_norms.append(verdict.grad_norm)
+            optimizer.zero_grad(set_to_none=True)
+            data.add(verdict.good, verdict.bad, verdict.bad_shards)
+            counts.add(verdict)
+            state["step"] = step = step + 1
+            diverged = guard.record(verdict.finite) if verdict.rows else None
+            if diverged is not None:
+                rec = train_record(step, lr, diverged=True, reason=diverged)
+                raise divergence(run_dir, step, diverged)
+            if data.exceeded() is not None:
+                rec = train_record(step, lr, stopped="too much bad data")
+                data.check()
 
-        if args.val_shards and (step % int(train["val_every"]) == 0 or step == last_step):
-            val_loader = make_stream(args.val_shards, per_gpu, args, dist, train=False)
-            # fork_rng: validation (its DataLoader draws a seed) must not move the training RNG.
-            with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
-                v = validate(raw_model, val_loader, dist, autocast, args.val_batches, args.seed)
-            v = {"split": "val", "step": step, **v, "hours_seen": state["hours_seen"]}
-            log.write(v)
-            say(dist, args, f"validation at step {step}: loss {v['loss']:.4g} acc {v['accuracy']:.3f}")
-            if v["loss"] < state["best_val"]:
-                state["best_val"] = v["loss"]
-                if dist.main:
-                    ckpt_lib.atomic_save({"config": cfg.to_dict(), "model": raw_model.state_dict(), "step": step,
-                                          "val": v, "hours_seen": state["hours_seen"]},
-                                         run_dir / ckpt_lib.CHECKPOINT_DIR / "best.pt")
-            t_log = time.time()  # validation time is not training throughput
+            checkpoint_now = step % int(train["ckpt_every"]) == 0 or step == last_step
+            if step % int(train["log_every"]) == 0 or checkpoint_now:  # a checkpoint needs the hours seen
+                rec = train_record(step, lr)
 
-        if checkpoint_now:
-            save_training_checkpoint(run_dir, raw_model, optimizer, state, cfg, schedule, args, train, dist)
+            if args.val_shards and (step % int(train["val_every"]) == 0 or step == last_step):
+                val_loader = make_stream(args.val_shards, per_gpu, args, dist, train=False)
+                # fork_rng: validation (its DataLoader draws a seed) must not move the training RNG.
+                with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+                    v = validate(raw_model, val_loader, dist, autocast, args.val_batches, args.seed, data)
+                v = {"split": "val", "step": step, **v, "hours_seen": state["hours_seen"]}
+                log.write(v)
+                say(dist, args, f"validation at step {step}: loss {v.get('loss', math.nan):.4g} "
+                    f"acc {v.get('accuracy', math.nan):.3f}")
+                if v.get("loss", math.nan) < state["best_val"] and weights_finite(raw_model):
+                    state["best_val"] = v["loss"]
+                    on_main(dist, lambda: save_checkpoint_file(
+                        {"config": cfg.to_dict(), "model": raw_model.state_dict(), "step": step, "val": v,
+                         "hours_seen": state["hours_seen"]}, run_dir / ckpt_lib.CHECKPOINT_DIR / "best.pt", run_dir))
+                t_log = time.time()  # validation time is not training throughput
 
+            if checkpoint_now:
+                if not weights_finite(raw_model):  # never on disk: stop as diverged instead
+                    reason = "the weights are no longer finite (not saved)"
+                    log.write({"split": "train", "step": step, "diverged": True, "reason": reason})
+                    raise divergence(run_dir, step, reason)
+                save_training_checkpoint(run_dir, raw_model, optimizer, state, cfg, schedule, args, train, dist,
+                                         robust_state(data, guard))
+    except RUN_STOPS:  # raised on every rank at the same step
+        log.close()
+        if dist.ddp:
+            torch.distributed.destroy_process_group()
+        raise
     log.close()
     if dist.ddp:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return {"step": state["step"], "hours_seen": state["hours_seen"], "best_val": state["best_val"],
-            "run_dir": str(run_dir), "last_train": rec, "model": raw_model}
+            "run_dir": str(run_dir), "last_train": rec, "model": raw_model, "skipped_steps": guard.skipped,
+            "bad_utterances": data.bad, "bad_shards": data.bad_shards}

@@ -3,12 +3,35 @@ the run-control options, declared once so both commands spell and explain them a
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import typer
 
+DIVERGED_EXIT_CODE = 3  # trainer.guard.DIVERGED_EXIT_CODE (not imported here: --help stays fast)
 
-def fail(message: str) -> None:
+
+def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg="red")
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def run_errors(*also: type[Exception]):
+    """How a run (or evaluation) that started ends early: one line on stderr, never a traceback.
+
+    Divergence exits with 3; bad data over the limit, a checkpoint that cannot be written or
+    read safely, bad input found once running (and the exception types in ``also``) exit with 2.
+    """
+    from corpus_tools.bad_data import BadDataError
+    from trainer.checkpoint import CheckpointSaveError
+    from trainer.guard import DivergedError
+
+    try:
+        yield
+    except DivergedError as e:
+        fail(str(e), DIVERGED_EXIT_CODE)
+    except (BadDataError, CheckpointSaveError, FileNotFoundError, ValueError, *also) as e:
+        fail(str(e))
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -53,3 +76,14 @@ NUM_WORKERS = typer.Option(None, help="DataLoader workers per GPU (default 0 on 
 TENSORBOARD = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard.")
 MODEL_OVERRIDES = typer.Option([], "--set", help="Model config override KEY=VALUE (repeatable).")
 QUIET = typer.Option(False, "--quiet", help="No progress lines on stdout.")
+MAX_BAD_FRACTION = typer.Option(
+    0.001, help="Stop when more than this share of the utterances read is bad (does not decode, empty, "
+                "NaN samples, broken json; a truncated shard counts as one), over at least 10,000 utterances; "
+                "bad ones are skipped and named. 1 never stops.")
+MAX_BAD_STEPS = typer.Option(
+    20, help="Stop as diverged (exit 3) after this many steps in a row whose loss or gradient norm is not "
+             "finite, or when half of the last 100 are; such steps are not applied. 0 never stops.")
+TRUST_CHECKPOINT = typer.Option(
+    False, "--trust-checkpoint",
+    help="Load checkpoints that need more than plain types (weights_only=False). A pickle can run code: "
+         "only for files you trust.")

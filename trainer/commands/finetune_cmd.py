@@ -30,7 +30,11 @@ within 5 % (train-clean-100 is 100.6 h) the whole set is used.
 
 --train takes shards (folder, glob) or a segments manifest (.parquet/.csv), which is written to
 shards in RUN_DIR/data/ first. Logs: RUN_DIR/log.jsonl; checkpoints: RUN_DIR/checkpoints/
-(step_N.pt, best.pt by validation WER); --resume continues from the latest.
+(step_N.pt, best.pt by validation WER); --resume continues from the newest that loads.
+
+As in pre-training: bad utterances are skipped and counted (--max-bad-fraction), non-finite steps
+are not applied and divergence stops the run with exit 3 (--max-bad-steps), and checkpoints are
+read without running code from them (--trust-checkpoint to opt out).
 """
 
 EVALUATE_HELP = """Decode shard sets with a fine-tuned model and report WER/CER (jiwer).
@@ -38,7 +42,10 @@ EVALUATE_HELP = """Decode shard sets with a fine-tuned model and report WER/CER 
 Greedy letter decoding always; with --lm, also lexicon + n-gram LM beam search (torchaudio's
 flashlight CTC decoder; beam 50, LM weight 2, word insertion 0 by default). Without --lexicon the
 lexicon is built from the LM's unigrams (ARPA only). One summary row per --shards (named by its
-folder, or NAME=PATH). Writes OUT/hypotheses.jsonl and OUT/summary.{md,csv,json}.
+folder, or NAME=PATH). Writes OUT/hypotheses.jsonl and OUT/summary.{md,csv,json}. Bad utterances
+(audio that does not decode, empty, NaN samples, broken json) and truncated shards are skipped,
+named on stderr and counted in the summary (bad_utterances, bad_shards); more than
+--max-bad-fraction of them stops the evaluation.
 
   trainer evaluate --ckpt runs/ft10h --shards ls/test-clean --shards ls/test-other --lm 4-gram.arpa
 """
@@ -84,6 +91,9 @@ def register(app: typer.Typer) -> None:
         tensorboard: bool = common.TENSORBOARD,
         set_: list[str] = common.MODEL_OVERRIDES,
         quiet: bool = common.QUIET,
+        max_bad_fraction: float = common.MAX_BAD_FRACTION,
+        max_bad_steps: int = common.MAX_BAD_STEPS,
+        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
     ) -> None:
         from trainer.finetune import MANIFEST_SUFFIXES, FinetuneArgs, finetune, load_preset
 
@@ -118,12 +128,11 @@ def register(app: typer.Typer) -> None:
             max_grad_norm=max_grad_norm, precision=precision, log_every=log_every, val_every=val_every,
             ckpt_every=ckpt_every, val_batches=val_batches, keep_checkpoints=keep_checkpoints, resume=resume,
             stop_after=stop_after, num_workers=num_workers, model_overrides=common.parse_overrides(set_),
-            tensorboard=tensorboard, quiet=quiet,
+            tensorboard=tensorboard, quiet=quiet, max_bad_fraction=max_bad_fraction, max_bad_steps=max_bad_steps,
+            trust_checkpoint=trust_checkpoint,
         )
-        try:
+        with common.run_errors(RuntimeError):  # also: a backbone that does not fit the checkpoint
             result = finetune(args)
-        except (FileNotFoundError, ValueError, RuntimeError) as e:
-            common.fail(str(e))
         if not quiet:
             best = result["best_wer"]
             typer.echo(f"done: step {result['step']}, {result['hours_seen']:.3f} h of labelled audio seen"
@@ -147,6 +156,8 @@ def register(app: typer.Typer) -> None:
         digits: str = typer.Option("spell", help="Numbers in references: spell or drop (as in training)."),
         device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 … (default cuda if available)."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+        max_bad_fraction: float = common.MAX_BAD_FRACTION,
+        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
     ) -> None:
         if not ckpt.exists():
             raise typer.BadParameter(f"{ckpt} does not exist", param_hint="--ckpt")
@@ -171,12 +182,11 @@ def register(app: typer.Typer) -> None:
         if out is None:
             run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
             out = run / "eval" / path.stem
-        try:
+        with common.run_errors():
             rows = evaluate(path, shards, lm=lm, lexicon=lexicon, out_dir=out, batch_seconds=batch_seconds,
                             beam_size=beam_size, lm_weight=lm_weight, word_score=word_score, language=language,
-                            digits=digits, device=device, progress=not quiet)
-        except (FileNotFoundError, ValueError) as e:
-            common.fail(str(e))
+                            digits=digits, device=device, progress=not quiet, max_bad_fraction=max_bad_fraction,
+                            trust=trust_checkpoint)
         typer.echo(summary_markdown(rows), nl=False)
         typer.echo(f"hypotheses: {out / 'hypotheses.jsonl'}; summary: {out / 'summary.md'}")
 
@@ -184,6 +194,7 @@ def register(app: typer.Typer) -> None:
     def export_hf_ctc_command(
         ckpt: Path = typer.Argument(..., help="A fine-tuning checkpoint, or a run dir (its best.pt)."),
         out_dir: Path = typer.Argument(..., help="Output folder for the Hugging Face model + processor."),
+        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
     ) -> None:
         """Export a fine-tuned checkpoint to Hugging Face Wav2Vec2ForCTC + Wav2Vec2Processor (vocab.json)."""
         if not ckpt.exists():
@@ -191,7 +202,7 @@ def register(app: typer.Typer) -> None:
         from trainer.ctc import export_hf_ctc
 
         try:
-            path = export_hf_ctc(ckpt, out_dir)
+            path = export_hf_ctc(ckpt, out_dir, trust=trust_checkpoint)
         except (FileNotFoundError, ValueError) as e:
             common.fail(str(e))
         typer.echo(f"wrote {path}")

@@ -21,6 +21,14 @@ Single process by default; for DDP launch with torchrun, e.g.
 Hyper-parameters default to the config's `train:` section (trainer/configs/NAME.yaml); every
 option below overrides it. Global batch = GPUs × --accumulation × --batch-seconds.
 Logs go to RUN_DIR/log.jsonl, checkpoints to RUN_DIR/checkpoints/ (step_N.pt + best.pt).
+
+A long run survives bad data and bad luck: damaged utterances and shards are skipped, named on
+stderr and counted in log.jsonl (--max-bad-fraction stops a run on a wrong folder); a step whose
+loss or gradient norm is not finite is not applied, and too many stop the run with "diverged at
+step S" (exit 3) before any checkpoint could hold NaN weights; --resume continues from the newest
+checkpoint that loads (damaged ones are renamed *.damaged); a full disk ends the run with the
+previous checkpoint intact. Checkpoints are read without running code from them (--trust-checkpoint
+to opt out).
 """
 
 
@@ -65,6 +73,9 @@ def register(app: typer.Typer) -> None:
         tensorboard: bool = common.TENSORBOARD,
         set_: list[str] = common.MODEL_OVERRIDES,
         quiet: bool = common.QUIET,
+        max_bad_fraction: float = common.MAX_BAD_FRACTION,
+        max_bad_steps: int = common.MAX_BAD_STEPS,
+        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
     ) -> None:
         from trainer.model import load_config_file
         from trainer.schedules import SCHEDULES
@@ -108,12 +119,11 @@ def register(app: typer.Typer) -> None:
             val_shards=val_shards, val_batches=val_batches, seed=seed, resume=resume, stop_after=stop_after,
             num_workers=num_workers, max_utterance_seconds=max_utterance_seconds, simulate=simulate, noise=noise,
             music=music, stems=stems, simulate_source=simulate_source, init=init, tensorboard=tensorboard,
-            model_overrides=common.parse_overrides(set_), quiet=quiet,
+            model_overrides=common.parse_overrides(set_), quiet=quiet, max_bad_fraction=max_bad_fraction,
+            max_bad_steps=max_bad_steps, trust_checkpoint=trust_checkpoint,
         )
-        try:
+        with common.run_errors():  # bad data, divergence, a full disk or bad config found once training starts
             result = pretrain(args)
-        except (FileNotFoundError, ValueError) as e:  # bad data or config found once training starts
-            common.fail(str(e))
         if not quiet:
             typer.echo(f"done: step {result['step']}, {result['hours_seen']:.3f} h of audio seen, run in {out}")
 
@@ -138,6 +148,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Argument(..., help="Output folder for the Hugging Face model."),
         model_only: bool = typer.Option(False, "--model-only",
                                         help="Write Wav2Vec2Model (no quantizer) instead of Wav2Vec2ForPreTraining."),
+        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
     ) -> None:
         """Export a checkpoint to a Hugging Face transformers Wav2Vec2ForPreTraining / Wav2Vec2Model folder."""
         if not ckpt.exists():
@@ -145,7 +156,7 @@ def register(app: typer.Typer) -> None:
         from trainer.hf import export_hf
 
         try:
-            path = export_hf(ckpt, out_dir, pretraining=not model_only)
+            path = export_hf(ckpt, out_dir, pretraining=not model_only, trust=trust_checkpoint)
         except (FileNotFoundError, ValueError) as e:
             common.fail(str(e))
         typer.echo(f"wrote {path}")
