@@ -102,6 +102,25 @@ def test_resume_with_only_damaged_checkpoints_is_refused(shards, tmp_path):
     assert (run / "log.jsonl").read_text() == log, "the log of the damaged run is kept"
 
 
+def test_a_damaged_init_or_ckpt_is_one_line(shards, tmp_path):
+    """--init / --ckpt / export of a truncated file: one error line naming it, exit 2."""
+    from trainer.cli import app
+    from trainer.model import Wav2Vec2ForPreTraining, load_config
+
+    model = Wav2Vec2ForPreTraining(load_config("tiny"))
+    good = tmp_path / "good.pt"
+    torch.save({"config": model.cfg.to_dict(), "model": model.state_dict()}, good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[:5000])
+    for args in (["pretrain", "--shards", shards, "--out", str(tmp_path / "p"), "--config", "tiny", "--steps", "1",
+                  "--init", str(cut), "--num-workers", "0"],
+                 ["evaluate", "--ckpt", str(cut), "--shards", shards, "--out", str(tmp_path / "e")],
+                 ["export-hf", str(cut), str(tmp_path / "hf")]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and isinstance(res.exception, SystemExit), (args[0], repr(res.exception))
+        assert "cannot read" in flat(res.output) and "cut.pt" in flat(res.output), res.output
+
+
 # -- a full disk while saving -------------------------------------------------------------
 
 

@@ -158,7 +158,7 @@ def resume_checkpoint(run_dir: str | Path, resume: bool, *, trust: bool = False,
             raise
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, it is not resumable
             aside = set_aside(path)
-            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            reason = getattr(e, "reason", None) or " ".join(str(e).split())[:200] or type(e).__name__
             say(f"checkpoint {path.name} cannot be read ({reason}): set aside as {aside.name}")
     names = ", ".join(p.name for p in list_damaged_checkpoints(run_dir))
     raise ValueError(f"{run_dir}/{CHECKPOINT_DIR} holds only damaged checkpoints ({names}): nothing to resume "

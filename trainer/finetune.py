@@ -628,7 +628,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
             diverged = guard.record(verdict.finite) if verdict.rows else None
             if diverged is not None:
                 rec = train_record(step, lr, diverged=True, reason=diverged)
-                raise divergence(run_dir, step, diverged)
+                raise divergence(run_dir, step, diverged, bool(args.max_grad_norm))
             if data.exceeded() is not None:
                 rec = train_record(step, lr, stopped="too much bad data")
                 data.check()
@@ -655,7 +655,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
                 if not weights_finite(model):  # never on disk: stop as diverged instead
                     reason = "the weights are no longer finite (not saved)"
                     log.write({"split": "train", "step": step, "diverged": True, "reason": reason})
-                    raise divergence(run_dir, step, reason)
+                    raise divergence(run_dir, step, reason, bool(args.max_grad_norm))
                 _save(run_dir, model, optimizer, state, schedule, args, train, data_info, dist,
                       robust_state(data, guard))
     except RUN_STOPS:  # raised on every rank at the same step

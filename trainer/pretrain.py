@@ -549,12 +549,12 @@ class StepCounts:
 RUN_STOPS = (DivergedError, BadDataError, ckpt_lib.CheckpointSaveError)
 
 
-def divergence(run_dir: Path, step: int, reason: str) -> DivergedError:
+def divergence(run_dir: Path, step: int, reason: str, clipped: bool) -> DivergedError:
     """The error that ends a diverged run, naming the checkpoint to go back to."""
     last = ckpt_lib.latest_checkpoint(run_dir)
     where = (f"the newest checkpoint, {last.name}, holds finite weights" if last is not None
              else "no checkpoint was written")
-    return DivergedError(step, f"{reason}; {where}; lower --lr or set --max-grad-norm")
+    return DivergedError(step, f"{reason}; {where}; lower --lr{'' if clipped else ' or set --max-grad-norm'}")
 
 
 def robust_state(data: BadDataTally, guard: StepGuard) -> dict:
@@ -697,7 +697,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
             diverged = guard.record(verdict.finite) if verdict.rows else None
             if diverged is not None:
                 rec = train_record(step, lr, diverged=True, reason=diverged)
-                raise divergence(run_dir, step, diverged)
+                raise divergence(run_dir, step, diverged, bool(args.max_grad_norm))
             if data.exceeded() is not None:
                 rec = train_record(step, lr, stopped="too much bad data")
                 data.check()
@@ -726,7 +726,7 @@ def pretrain(args: PretrainArgs) -> dict[str, Any]:
                 if not weights_finite(raw_model):  # never on disk: stop as diverged instead
                     reason = "the weights are no longer finite (not saved)"
                     log.write({"split": "train", "step": step, "diverged": True, "reason": reason})
-                    raise divergence(run_dir, step, reason)
+                    raise divergence(run_dir, step, reason, bool(args.max_grad_norm))
                 save_training_checkpoint(run_dir, raw_model, optimizer, state, cfg, schedule, args, train, dist,
                                          robust_state(data, guard))
     except RUN_STOPS:  # raised on every rank at the same step

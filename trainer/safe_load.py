@@ -36,6 +36,18 @@ class UnsafeCheckpointError(ValueError):
     """The file needs more than plain types to load."""
 
 
+class DamagedCheckpointError(ValueError):
+    """The file cannot be read as a checkpoint (truncated, corrupt, not a torch file)."""
+
+    def __init__(self, path, reason: str):
+        self.reason = reason
+        super().__init__(f"cannot read {path}: {reason} (a damaged file, or not a checkpoint)")
+
+
+def _reason(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200] or type(e).__name__
+
+
 @functools.cache
 def allowed_globals() -> tuple:
     """What ``weights_only`` loading may construct besides tensors and plain containers."""
@@ -78,18 +90,24 @@ def load(path: str | Path, *, trust: bool = False, map_location: Any = "cpu", mm
     """``torch.load`` of ``path`` that runs no code from the file unless ``trust``.
 
     Raises ``UnsafeCheckpointError`` for a file that needs more than the allow-list (the
-    message names the classes and the opt-in flag); other errors (a damaged or truncated
-    file) propagate as ``torch.load`` raises them.
+    message names the classes and the opt-in flag), ``DamagedCheckpointError`` for one that
+    cannot be read (truncated, a corrupt zip, not a torch file), ``FileNotFoundError``.
     """
     kwargs = {"map_location": map_location} if mmap is None else {"map_location": map_location, "mmap": mmap}
     if trust:
         try:
             return torch.load(path, weights_only=False, **kwargs)
+        except FileNotFoundError:
+            raise
         except (ModuleNotFoundError, AttributeError) as e:  # pickled classes of a package not installed
             raise ValueError(f"{path} needs Python code that is not installed to load ({e})") from None
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises for a damaged file
+            raise DamagedCheckpointError(path, _reason(e)) from None
     try:
         with torch.serialization.safe_globals(list(allowed_globals())):
             return torch.load(path, weights_only=True, **kwargs)
+    except FileNotFoundError:
+        raise
     except pickle.UnpicklingError as e:
         needs = unsafe_globals(path, str(e))
         if needs:
@@ -97,7 +115,9 @@ def load(path: str | Path, *, trust: bool = False, map_location: Any = "cpu", mm
                 f"refusing to load {path}: it holds {', '.join(needs)}, which loading without running the "
                 f"file's code does not allow (a pickle can execute code while it is read); pass {TRUST_FLAG} "
                 f"if you trust where this file came from") from None
-        raise
+        raise DamagedCheckpointError(path, _reason(e)) from None
+    except Exception as e:  # noqa: BLE001 - RuntimeError (zip), EOFError, OSError … of a damaged file
+        raise DamagedCheckpointError(path, _reason(e)) from None
 
 
 def unsafe_globals(path: str | Path, message: str = "") -> list[str]:
@@ -109,4 +129,5 @@ def unsafe_globals(path: str | Path, message: str = "") -> list[str]:
     return sorted(set(found) - _allowed_names())
 
 
-__all__ = ["TRUST_FLAG", "UnsafeCheckpointError", "allowed_globals", "load", "unsafe_globals"]
+__all__ = ["TRUST_FLAG", "DamagedCheckpointError", "UnsafeCheckpointError", "allowed_globals", "load",
+           "unsafe_globals"]
