@@ -209,6 +209,25 @@ def test_torchrun_ranks_agree_to_skip(shards, tmp_path):
     assert [(r["step"], r["skipped_steps"]) for r in train] == [(2, 1), (4, 0)], train
 
 
+def test_torchrun_ranks_stop_together_when_diverged(shards, tmp_path):
+    """`--lr 1e3` under torchrun (2 gloo ranks): both ranks stop at the same step, no hang, the
+    diverged line once (rank 0), a non-zero exit and finite weights in every checkpoint."""
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "trainer.cli", "pretrain",
+                           "--shards", shards, "--out", str(run), "--config", "tiny", "--steps", "60", "--lr", "1e3",
+                           "--batch-seconds", "6", "--log-every", "5", "--ckpt-every", "2", "--keep-checkpoints",
+                           "100", "--num-workers", "0", "--max-bad-steps", "5"],
+                          env=ENV, capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if "error: diverged at step" in x]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    marked = [r for r in read_log(run) if r.get("diverged")]
+    assert len(marked) == 1 and f"step {marked[0]['step']}:" in lines[0], (marked, lines)
+    for f in (run / "checkpoints").glob("*.pt"):
+        assert all_finite(f), f.name
+
+
 def test_report_marks_diverged_runs(tmp_path):
     """`corpus report` marks a diverged run like the thesis' tables: DIV / ∗."""
     from corpus_tools.report import run_summary

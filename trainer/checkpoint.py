@@ -157,9 +157,12 @@ def resume_checkpoint(run_dir: str | Path, resume: bool, *, trust: bool = False,
         except safe_load.UnsafeCheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, it is not resumable
-            aside = set_aside(path)
             reason = getattr(e, "reason", None) or " ".join(str(e).split())[:200] or type(e).__name__
-            say(f"checkpoint {path.name} cannot be read ({reason}): set aside as {aside.name}")
+            try:
+                aside = f"set aside as {set_aside(path).name}"
+            except OSError as err:  # a read-only run folder: leave it, try the older one anyway
+                aside = f"left in place (renaming failed: {os.strerror(err.errno) if err.errno else err})"
+            say(f"checkpoint {path.name} cannot be read ({reason}): {aside}")
     names = ", ".join(p.name for p in list_damaged_checkpoints(run_dir))
     raise ValueError(f"{run_dir}/{CHECKPOINT_DIR} holds only damaged checkpoints ({names}): nothing to resume "
                      "from; move them away to start afresh, or choose another --out")

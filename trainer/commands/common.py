@@ -22,16 +22,27 @@ def run_errors(*also: type[Exception]):
     Divergence exits with 3; bad data over the limit, a checkpoint that cannot be written or
     read safely, bad input found once running (and the exception types in ``also``) exit with 2.
     """
+    import os
+
     from corpus_tools.bad_data import BadDataError
     from trainer.checkpoint import CheckpointSaveError
     from trainer.guard import DivergedError
 
+    # These stop every rank of a torchrun at the same step: rank 0 alone says why.
+    together = fail if os.environ.get("RANK", "0") == "0" else _exit_quietly
     try:
         yield
     except DivergedError as e:
-        fail(str(e), DIVERGED_EXIT_CODE)
-    except (BadDataError, CheckpointSaveError, FileNotFoundError, ValueError, *also) as e:
+        together(str(e), DIVERGED_EXIT_CODE)
+    except (BadDataError, CheckpointSaveError) as e:
+        together(str(e))
+    except (FileNotFoundError, ValueError, *also) as e:
         fail(str(e))
+
+
+def _exit_quietly(message: str, code: int = 2) -> None:
+    """How a rank other than 0 leaves: rank 0 says why, once."""
+    raise typer.Exit(code)
 
 
 def parse_overrides(items: list[str]) -> dict:
