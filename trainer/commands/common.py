@@ -45,6 +45,14 @@ def _exit_quietly(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def check_limits(max_bad_fraction: float, max_bad_steps: int = 0) -> None:
+    """--max-bad-fraction is a share (0–1), --max-bad-steps a count (≥ 0)."""
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise typer.BadParameter("a share between 0 and 1 (1 never stops)", param_hint="--max-bad-fraction")
+    if max_bad_steps < 0:
+        raise typer.BadParameter("a number of steps ≥ 0 (0 never stops)", param_hint="--max-bad-steps")
+
+
 def parse_overrides(items: list[str]) -> dict:
     """``--set KEY=VALUE`` items to a dict; values parsed as YAML (numbers, booleans, lists)."""
     import yaml
@@ -81,7 +89,8 @@ PRECISION = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | bf16 | 
 LOG_EVERY = typer.Option(None, help="Log training metrics every N steps.")
 CKPT_EVERY = typer.Option(None, help="Write a checkpoint every N steps.")
 KEEP_CHECKPOINTS = typer.Option(2, help="Step checkpoints to keep (best.pt is kept apart).")
-RESUME = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out.")
+RESUME = typer.Option(False, "--resume", help="Continue from the newest checkpoint in --out that loads "
+                                                "(damaged ones are renamed *.damaged and reported).")
 STOP_AFTER = typer.Option(None, help="Stop after this step (resume later with --resume).")
 NUM_WORKERS = typer.Option(None, help="DataLoader workers per GPU (default 0 on CPU, 4 on GPU).")
 TENSORBOARD = typer.Option(False, "--tensorboard", help="Also log to RUN_DIR/tensorboard.")

@@ -113,6 +113,7 @@ def register(app: typer.Typer) -> None:
                                      param_hint="--init")
         if init is not None and not Path(init).exists():
             raise typer.BadParameter(f"{init} does not exist", param_hint="--init")
+        common.check_limits(max_bad_fraction, max_bad_steps)
         if digits not in ("spell", "drop"):
             raise typer.BadParameter("use spell or drop", param_hint="--digits")
         if precision not in ("auto", "bf16", "fp32"):
@@ -170,6 +171,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{lexicon} does not exist", param_hint="--lexicon")
         if lexicon is not None and lm is None:
             raise typer.BadParameter("a lexicon is only used with --lm", param_hint="--lexicon")
+        common.check_limits(max_bad_fraction)
         if digits not in ("spell", "drop"):
             raise typer.BadParameter("use spell or drop", param_hint="--digits")
         from trainer.ctc import resolve_ctc_checkpoint

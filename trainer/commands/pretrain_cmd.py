@@ -100,6 +100,7 @@ def register(app: typer.Typer) -> None:
                 common.check_shards(value, hint)
         if init and not Path(init).exists():
             raise typer.BadParameter(f"{init} does not exist", param_hint="--init")
+        common.check_limits(max_bad_fraction, max_bad_steps)
         if simulate:
             try:
                 from corpus_tools.simulate import parse_condition
