@@ -52,6 +52,9 @@ FOLDERS = {"vad": ("vad", "segmentation")}
 #: file suffixes tried after ``<folder>/<name>``
 SUFFIXES = {"whisper-openai": (".pt",), "vad": (".jit", ".onnx"), "demucs": (".yaml", ".th")}
 
+#: ``--align-model whisper``: align with the Whisper model that transcribed (no model of its own)
+WHISPER_ALIGNER = "whisper"
+
 MODELS_YAML = Path(__file__).resolve().parent.parent / "manifests" / "models.yaml"
 MANIFEST_NAME = "models.json"
 SOURCES = ("path", "models-dir", "cache", "package", "download")
@@ -69,6 +72,10 @@ class ModelNotFoundError(FileNotFoundError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class StandInRefused(ModelNotFoundError):
+    """The default model is missing and the only candidate is a random-weight stand-in."""
 
 
 @dataclass
@@ -150,8 +157,11 @@ def default_model(kind: str, language: str | None = None, models_dir: str | os.P
     """The model name used when the option is not given.
 
     The paper's default (manifests/models.yaml ``paper``) when it is available locally or can be
-    downloaded; otherwise the models folder's offline entry (``offline``) if that folder has it;
-    otherwise the paper's default (whose resolution then raises a clear error).
+    downloaded; otherwise the ``offline`` entry: ``whisper`` for alignment (Whisper's own
+    alignment; one notice naming ``--align-model``), else the models folder's entry if that
+    folder has it (with a warning). A random-weight stand-in is never chosen here: when the
+    offline entry is one, :class:`StandInRefused` says which option names it. Otherwise the
+    paper's default (whose resolution then raises a clear error).
     """
     _check_kind(kind)
     table = load_defaults()
@@ -164,12 +174,28 @@ def default_model(kind: str, language: str | None = None, models_dir: str | os.P
         except ModelNotFoundError:
             pass
     fallback = _pick(table["offline"], STAGE[kind], language)
-    if fallback is not None and _find_in_models_dir(kind, fallback, models_dir_path(models_dir)) is not None:
-        entry = _manifest_entry(kind, fallback, models_dir_path(models_dir)) or {}
-        (log.warning if warn else log.debug)("%s: %s is not available here; using %r from the models folder%s", OPTION[kind], paper,
-                    fallback, " (a RANDOM-WEIGHT STAND-IN)" if entry.get("stand_in") else "")
+    missing = f"{paper} is not available here" if paper else f"no {kind} model is listed for language {language!r}"
+    if kind == "align" and is_whisper_aligner(fallback):
+        (log.warning if warn else log.debug)(
+            "%s: %s; aligning with the Whisper model of wx-asr (--align-model whisper); give --align-model "
+            "a wav2vec2 CTC model to use one", OPTION[kind], missing)
+        return WHISPER_ALIGNER
+    mdir = models_dir_path(models_dir)
+    if fallback is not None and _find_in_models_dir(kind, fallback, mdir) is not None:
+        if (_manifest_entry(kind, fallback, mdir) or {}).get("stand_in"):
+            raise StandInRefused(
+                f"{OPTION[kind]}: {missing}, and the models folder {mdir} has only {fallback!r}, a random-weight "
+                f"stand-in, which is never used unless named: set {OPTION[kind]} to a real model "
+                f"(or to {fallback} to run the code path with meaningless output)", reason=f"{missing}; only the "
+                f"random-weight stand-in {fallback!r} is here (name it with {OPTION[kind]} to use it)")
+        (log.warning if warn else log.debug)("%s: %s; using %r from the models folder", OPTION[kind], missing, fallback)
         return fallback
     return paper
+
+
+def is_whisper_aligner(name: str | None) -> bool:
+    """Whether an ``--align-model`` value asks for Whisper's own alignment."""
+    return name is not None and str(name).strip().lower() == WHISPER_ALIGNER
 
 
 def _check_kind(kind: str) -> None:
@@ -192,6 +218,11 @@ def locate(kind: str, name_or_path: str | os.PathLike, models_dir: str | os.Path
     if name_or_path is None or str(name_or_path).strip() == "":
         raise _missing(kind, "", models_dir_path(models_dir), "no model given")
     name = str(name_or_path).strip()
+    if kind == "align" and is_whisper_aligner(name):
+        raise ModelNotFoundError(
+            f"--align-model {name} aligns with the Whisper model of wx-asr and has no model files of its own "
+            f"(corpus segment resolves it to --whisper-model); a CTC loader needs a wav2vec2 model",
+            reason="Whisper's own alignment: no CTC model")
     path = Path(name).expanduser()
     if path.exists():
         _validate_local(kind, path)
@@ -393,7 +424,7 @@ def identify(r: Resolved) -> dict:
     and the rerun that finds it in the library's cache share their caches.
     """
     local = r.source in LOCAL_SOURCES
-    return {"name": r.name, "source": r.source, "target": str(r.target), "stand_in": r.stand_in,
+    return {"name": r.name, "kind": r.kind, "source": r.source, "target": str(r.target), "stand_in": r.stand_in,
             "fingerprint": fingerprint(r.target) if local else None,
             "published": None if local else _published(r)}
 
@@ -457,19 +488,27 @@ def _hub_revision(repo: str) -> str | None:
 def list_models(models_dir: str | os.PathLike | None = None, language: str = "nl") -> list[dict]:
     """One row per stage: the default model, where it would load from, and the path/name."""
     rows = []
+    mdir = models_dir_path(models_dir)
     for kind in KINDS:
-        name = default_model(kind, language if kind == "align" else None, models_dir, warn=False)
-        mdir = models_dir_path(models_dir)
+        row = {"stage": kind, "option": OPTION[kind], "stand_in": False}
+        try:
+            name = default_model(kind, language if kind == "align" else None, models_dir, warn=False)
+        except ModelNotFoundError as exc:           # only a stand-in is here: say so, never pick it
+            rows.append({**row, "model": _pick(load_defaults()["paper"], STAGE[kind], language),
+                         "source": "missing", "location": exc.reason})
+            continue
+        if kind == "align" and is_whisper_aligner(name):
+            rows.append({**row, "model": name, "source": "whisper",
+                         "location": "the --whisper-model of wx-asr (cross-attention alignment, no extra model)"})
+            continue
         try:
             r = locate(kind, name, models_dir)
             location = str(r.target)
             if r.source == "models-dir" and mdir is not None:
                 location = os.path.relpath(r.target, mdir.resolve())
-            rows.append({"stage": kind, "option": OPTION[kind], "model": name, "source": r.source,
-                         "location": location, "stand_in": r.stand_in})
+            rows.append({**row, "model": name, "source": r.source, "location": location, "stand_in": r.stand_in})
         except ModelNotFoundError as exc:
-            rows.append({"stage": kind, "option": OPTION[kind], "model": name, "source": "missing",
-                         "location": exc.reason, "stand_in": False})
+            rows.append({**row, "model": name, "source": "missing", "location": exc.reason})
     return rows
 
 

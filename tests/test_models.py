@@ -105,9 +105,21 @@ def test_wrong_folder_is_rejected(tmp_path):
 
 def test_defaults_fall_back_to_models_folder_when_offline(models_dir):
     assert M.default_model("whisper-ct2", models_dir=models_dir) == "base"
-    assert M.default_model("align", "nl", models_dir) == "random-wav2vec2-ctc-nl"
     assert M.default_model("diarization", models_dir=models_dir) == "pyannote-seg3-campplus"
-    assert M.align_model_path(None, "nl", models_dir).endswith("random-wav2vec2-ctc-nl")
+    # alignment falls back to Whisper's own, in any language (no CTC model needed)
+    assert M.default_model("align", "nl", models_dir) == M.default_model("align", "sw", models_dir) == "whisper"
+    with pytest.raises(M.ModelNotFoundError, match="Whisper model of wx-asr"):
+        M.align_model_path(None, "nl", models_dir)  # a CTC loader cannot load the Whisper aligner
+
+
+@pytest.mark.parametrize("kind, option, standin", [("demucs", "--demucs-model", "random-tiny-htdemucs")])
+def test_a_random_stand_in_is_never_a_default(models_dir, kind, option, standin):
+    """When the real default is missing and the models folder has only a random-weight
+    stand-in, the default is refused with the option that names it; named, it loads."""
+    with pytest.raises(M.StandInRefused) as exc:
+        M.default_model(kind, models_dir=models_dir)
+    assert option in str(exc.value) and standin in str(exc.value) and "\n" not in str(exc.value)
+    assert M.locate(kind, standin, models_dir).stand_in
 
 
 def test_fingerprint_follows_content_not_place(tmp_path):
@@ -259,6 +271,10 @@ def test_cli_list_and_prepare(models_dir):
     for stage in M.KINDS:
         assert stage in res.output
     assert "random-tiny-htdemucs" in res.output and "RANDOM STAND-IN" in res.output
+    rows = {r["stage"]: r for r in M.list_models(models_dir)}
+    assert rows["align"]["model"] == "whisper" and rows["align"]["source"] == "whisper"
+    assert rows["demucs"]["source"] == "missing" and "random-tiny-htdemucs" in rows["demucs"]["location"]
+    assert not any(r["stand_in"] for r in rows.values())  # a stand-in is listed, never a default
     res = runner.invoke(app, ["models", "prepare-offline", "--models-dir", str(models_dir)])
     assert res.exit_code == 0 and "0 built" in res.output, res.output
     res = runner.invoke(app, ["models", "--help"])

@@ -26,8 +26,9 @@ def prepare_offline_cmd(
 
     Real weights: Whisper base (CTranslate2 and openai-whisper forms), silero-vad, whisperx's VAD,
     pyannote segmentation-3.0, CAM++ embedding and a local pyannote diarization pipeline.
-    Random-weight stand-ins, named random-*: a wav2vec2 CTC aligner and a tiny HTDemucs.
-    Re-running skips what is already there.
+    Random-weight stand-ins, named random-*: a wav2vec2 CTC aligner and a tiny HTDemucs; they
+    are never used unless named (--align-model / --demucs-model). Without a CTC aligner,
+    wx-align uses Whisper's own word alignment. Re-running skips what is already there.
     """
     from ..modelzoo.prepare import PrepareError, default_models_dir, prepare_offline
 
@@ -69,7 +70,8 @@ def list_cmd(
         for col in ("kind", "name", "stand-in", "path"):
             extra.add_column(col, overflow="fold")
         for e in entries:
-            extra.add_row(e["kind"], e["name"], "yes" if e["stand_in"] else "", e["path"])
+            flag = ("RANDOM STAND-IN" if e["name"].startswith("random-") else "STAND-IN") if e["stand_in"] else ""
+            extra.add_row(e["kind"], e["name"], flag, e["path"])
         console.print(extra)
 
 
