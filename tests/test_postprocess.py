@@ -154,3 +154,99 @@ def test_full_chain_diar_1s():
 def test_bad_merge_mode():
     with pytest.raises(ValueError):
         postprocess([], merge="x", min_len=1, phrases=set(), file_duration=None)
+
+
+# -- word times against the audio ---------------------------------------------------------
+
+
+def W(word, start, end, score=0.9):
+    return {"word": word, "start": start, "end": end, "score": score}
+
+
+def test_words_in_music_are_dropped_and_their_segment_counted():
+    """A transcript Whisper hallucinated over music (VAD finds no speech there) is dropped, not
+    kept stretched over the music; a segment partly in speech keeps the words in speech only."""
+    from corpus_tools.segment.postprocess import keep_words_in_speech
+
+    speech = [[10.0, 12.0], [20.0, 21.0]]
+    hallucinated = S(64.6, 70.4, "Ik heb het niet gezien.", words=[W("Ik", 64.6, 65.0), W("heb", 65.0, 66.0),
+                                                                    W("het", 66.0, 68.0), W("niet", 68.0, 69.0),
+                                                                    W("gezien.", 69.0, 70.4)])
+    partly = S(9.0, 14.0, "muziek goedemorgen allemaal", words=[
+        W("muziek", 9.0, 9.7),            # 0 s of 0.7 in speech (+ collar: 9.8): dropped
+        W("goedemorgen", 9.7, 10.5),      # 0.7 of 0.8 inside collared speech [9.8, 12.2]: kept, clipped
+        W("allemaal", 11.9, 14.0)])       # 0.3 of 2.1 inside: dropped
+    log = DropLog()
+    out = keep_words_in_speech([partly, hallucinated], speech, log=log)
+    assert [s["text"] for s in out] == ["goedemorgen"]
+    assert out[0]["start"] == pytest.approx(9.8) and out[0]["end"] == pytest.approx(10.5)
+    assert out[0]["words"] == [W("goedemorgen", 9.8, 10.5)]
+    assert log.counts == {"off-speech": 1} and log.seconds["off-speech"] == pytest.approx(5.8)
+
+
+def test_word_rule_boundaries_zero_length_and_untimed_words():
+    from corpus_tools.segment.postprocess import keep_words_in_speech
+
+    speech = [[1.0, 2.0]]                  # collared: [0.8, 2.2]
+    seg = S(0.0, 3.0, "a b c d e", words=[
+        W("a", 0.2, 1.4),                  # exactly half (0.6 of 1.2) inside: kept
+        W("b", 2.1, 2.1),                  # zero length, its point inside the collar: kept
+        W("c", 2.3, 2.3),                  # zero length outside: dropped
+        {"word": "d", "start": None, "end": None},   # untimed: not kept
+        W("e", 2.19, 2.9)])                # 0.01 of 0.71 inside: dropped
+    out = keep_words_in_speech([seg], speech)
+    assert [w["word"] for w in out[0]["words"]] == ["a", "b"] and out[0]["text"] == "a b"
+    assert (out[0]["start"], out[0]["end"]) == (pytest.approx(0.8), pytest.approx(2.1))
+    whole = S(1.0, 2.0, "Hallo, daar.", words=[W("Hallo,", 1.0, 1.5), W("daar.", 1.5, 2.0)])
+    assert keep_words_in_speech([whole], speech)[0]["text"] == "Hallo, daar."  # all kept: its own text
+    assert keep_words_in_speech([S(0, 1, "x", words=[])], speech, log=(log := DropLog())) == []
+    assert log.counts == {"off-speech": 1}  # a segment the aligner could not time
+    no_space = S(1.0, 2.0, "你好世界", words=[W("你", 1.0, 1.2), W("好", 1.2, 1.4), W("世", 2.5, 2.6)])
+    assert keep_words_in_speech([no_space], speech, joiner="")[0]["text"] == "你好"
+
+
+def test_tidy_words_keeps_them_inside_the_chunk_and_in_order():
+    from corpus_tools.segment.postprocess import tidy_words
+
+    words = [W("a", 4.0, 5.5), W("b", 5.2, 5.1), W("c", 9.0, 12.0), {"word": "d", "start": None, "end": None}]
+    out = tidy_words(words, 5.0, 10.0)
+    assert [(w["start"], w["end"]) for w in out] == [(5.0, 5.5), (5.5, 5.5), (9.0, 10.0), (None, None)]
+
+
+def test_dominant_speaker_is_whisperx_rule():
+    from corpus_tools.segment.postprocess import dominant_speaker
+
+    turns = [(0.0, 2.0, "A"), (2.0, 3.0, "B"), (3.0, 3.5, "B"), (9.0, 10.0, "C")]
+    assert dominant_speaker(1.5, 3.5, turns) == "B"     # B 1.5 s in total, A 0.5 s
+    assert dominant_speaker(0.0, 2.5, turns) == "A"
+    assert dominant_speaker(5.0, 6.0, turns) is None
+
+
+def test_sentences_split_as_whisperx_splits_them():
+    """Whisper-aligned words are grouped into the Punkt sentences of the chunk text; sentences
+    with the same start and end become one."""
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    from corpus_tools.segment.whisper_align import split_sentences
+
+    text = "Hallo? Dit is Diane. Ja."
+    words = [W(" Hallo?", 1.0, 1.4), W(" Dit", 2.0, 2.2), W(" is", 2.2, 2.3), W(" Diane.", 2.3, 2.8),
+             W(" Ja.", 2.8, 2.8)]
+    out = split_sentences(text, words, PunktSentenceTokenizer())
+    assert [(s["text"], s["start"], s["end"]) for s in out] == [("Hallo?", 1.0, 1.4), ("Dit is Diane.", 2.0, 2.8),
+                                                                ("Ja.", 2.8, 2.8)]
+    assert [w["word"] for w in out[1]["words"]] == ["Dit", "is", "Diane."]
+    same = split_sentences("Ja. Nee.", [W(" Ja.", 3.0, 3.5), W(" Nee.", 3.0, 3.5)], PunktSentenceTokenizer())
+    assert [(s["text"], len(s["words"])) for s in same] == [("Ja. Nee.", 2)]
+
+
+def test_long_words_at_sentence_boundaries_are_cut_as_faster_whisper_cuts_them():
+    from corpus_tools.segment.whisper_align import truncate_long_words
+
+    alignment = [{"word": " Ja", "start": 0.0, "end": 0.3}, {"word": ".", "start": 0.3, "end": 3.0},
+                 {"word": " Nee", "start": 3.0, "end": 9.0}, {"word": " hoor", "start": 9.0, "end": 9.3},
+                 {"word": " zeg", "start": 9.3, "end": 9.6}, {"word": " maar", "start": 9.6, "end": 9.9}]
+    max_duration = truncate_long_words(alignment)
+    assert max_duration == pytest.approx(0.6)  # twice the median 0.3 s
+    assert alignment[1]["end"] == pytest.approx(0.9)      # a sentence end mark: cut from its start
+    assert alignment[2]["start"] == pytest.approx(8.4)    # after a sentence end: cut before its end

@@ -7,10 +7,15 @@ backends can substitute any object with the same method.
 Stage outputs (cached per recording by the runner):
 
 ``vad``       {"regions": [[start, end], ...]}                  pyannote speech activity
-``whisper``   {"segments": [{"start","end","text"}, ...]}       sequential Whisper (w-*)
+``whisper``   {"segments": [{"start","end","text","words"}]}   sequential Whisper (w-*)
 ``wx-asr``    {"segments": [...], "language"}                  WhisperX VAD chunks + batched ASR
-``wx-align``  {"segments": [{"start","end","text","words"}]}   WhisperX forced alignment
+``wx-align``  {"segments": [{"start","end","text","words"}]}   word alignment of the wx-asr chunks
 ``wx-diar``   {"segments": [... + "speaker"], "turns": [...]}  WhisperX speaker assignment
+
+Words are ``{"word", "start", "end", "score"}`` (``score``: the aligner's confidence, or
+Whisper's word probability). The wx-align stage keeps each word inside its chunk and in order
+(``postprocess.tidy_words``); which words lie in speech is decided when methods are assembled
+(``postprocess.keep_words_in_speech``), from the ``vad`` stage.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ class SegmentConfig:
     whisper_model: str = "large-v2"
     asr_backend: str = "faster-whisper"  # or openai-whisper
     language: str = "nl"
-    align_model: str | None = None  # None: the SPEC default for the language
+    align_model: str | None = None  # None: the language's default (models.yaml), else "whisper"
     diarize_model: str | None = None
     vad_model: str | None = None
     device: str = "auto"
@@ -90,12 +95,15 @@ class SegmentConfig:
             settings: dict[str, Any] = {}
         elif stage == "whisper":
             settings = {**base, "backend": self.asr_backend, "beam_size": self.beam_size,
-                        # only when on: caches made before the option existed are word_timestamps=False
-                        **({"word_timestamps": True} if self.word_timestamps else {})}
+                        # only when on: caches made before the option existed are word_timestamps=False;
+                        # "words": caches made before the stage stored its words have none to check
+                        **({"word_timestamps": True, "words": True} if self.word_timestamps else {})}
         elif stage == "wx-asr":
             settings = {**base, "beam_size": self.beam_size}
         elif stage in BUILDS_ON:
             settings = {k: v for k, v in self.stage_key(BUILDS_ON[stage], models).items() if k != "models"}
+            if stage == "wx-align":  # also tells a Whisper aligner from a CTC model in the same files
+                settings["aligner"] = aligner_of(models["align"])
         else:
             raise KeyError(stage)
         return {**settings, "models": {kind: models[kind] for kind in self.model_kinds(stage)}}
@@ -105,11 +113,21 @@ class SegmentConfig:
 BUILDS_ON = {"wx-align": "wx-asr", "wx-diar": "wx-align"}
 
 
+def aligner_of(identity: dict) -> str:
+    """``whisper`` when an align identity is a Whisper model's (see :func:`resolve_model`), else ``ctc``."""
+    return "whisper" if identity.get("kind") == "whisper-ct2" else "ctc"
+
+
 def resolve_model(cfg: SegmentConfig, kind: str):
     """What the loaders load for a model kind: the option, else the language's default, found
-    by ``corpus_tools.models`` (a ``Resolved``; nothing is loaded)."""
+    by ``corpus_tools.models`` (a ``Resolved``; nothing is loaded). The Whisper aligner
+    (``--align-model whisper``, also the default where the language has no CTC aligner here)
+    resolves to the CTranslate2 Whisper of wx-asr: its identity is that model's, so another
+    ``--whisper-model`` recomputes the alignment."""
     m = _models()
     name = cfg.requested_model(kind) or m.default_model(kind, cfg.language, cfg.models_dir)
+    if kind == "align" and m.is_whisper_aligner(name):
+        return resolve_model(cfg, "whisper-ct2")
     return m.locate(kind, name, cfg.models_dir)
 
 
@@ -262,6 +280,9 @@ class ModelSet:
 
         return self._get("wx", load)
 
+    def aligns_with_whisper(self) -> bool:
+        return self.resolved("align").kind == "whisper-ct2"
+
     def align_model(self):
         c = self.cfg
         return self._get("align", lambda: _models().load_align_model(
@@ -309,16 +330,19 @@ def seed_decoding() -> None:
 
 
 def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
-    """Sequential long-form Whisper with timestamps: the `w-raw` segments."""
+    """Sequential long-form Whisper with timestamps: the `w-raw` segments, with their words
+    when ``word_timestamps`` is on."""
     c = models.cfg
     segs = []
     seed_decoding()
     if c.asr_backend == "faster-whisper":
         model = models.faster_whisper()
         it, _info = model.transcribe(audio, language=c.language, beam_size=c.beam_size, vad_filter=False,
-                                         word_timestamps=c.word_timestamps)
+                                     word_timestamps=c.word_timestamps)
         for s in it:
-            segs.append({"start": round(float(s.start), 3), "end": round(float(s.end), 3), "text": s.text.strip()})
+            words = [{"word": w.word.strip(), "start": _f(w.start), "end": _f(w.end), "score": _f(w.probability)}
+                     for w in (s.words or [])]
+            segs.append(_whisper_segment(s.start, s.end, s.text, words, c.word_timestamps))
         models.renew_whisper_sampler_if_used()
     elif c.asr_backend == "openai-whisper":
         model = models.openai_whisper()
@@ -326,11 +350,19 @@ def run_whisper(models: ModelSet, audio: np.ndarray) -> dict:
                                fp16=c.resolved_device() == "cuda", verbose=None,
                                word_timestamps=c.word_timestamps)
         for s in res["segments"]:
-            segs.append({"start": round(float(s["start"]), 3), "end": round(float(s["end"]), 3),
-                         "text": s["text"].strip()})
+            words = [{"word": w["word"].strip(), "start": _f(w["start"]), "end": _f(w["end"]),
+                      "score": _f(w.get("probability"))} for w in s.get("words", [])]
+            segs.append(_whisper_segment(s["start"], s["end"], s["text"], words, c.word_timestamps))
     else:
         raise ValueError(f"unknown --asr-backend {c.asr_backend!r}: use faster-whisper or openai-whisper")
     return {"segments": segs}
+
+
+def _whisper_segment(start, end, text: str, words: list[dict], with_words: bool) -> dict:
+    seg = {"start": round(float(start), 3), "end": round(float(end), 3), "text": text.strip()}
+    if with_words:
+        seg["words"] = [{**w, "start": _round(w["start"]), "end": _round(w["end"])} for w in words if w["word"]]
+    return seg
 
 
 def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
@@ -342,21 +374,48 @@ def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
 
 
 def run_wx_align(models: ModelSet, audio: np.ndarray, asr: dict) -> dict:
-    """WhisperX stage 2: forced alignment with a wav2vec2 CTC model; sentences become segments."""
+    """WhisperX stage 2: time the words of each wx-asr chunk, with the Whisper model that
+    transcribed it (``--align-model whisper``) or a wav2vec2 CTC model (WhisperX forced
+    alignment); sentences become segments. Word times are kept inside their chunk and in order."""
+    from corpus_tools.segment import postprocess as pp
+
+    chunks = [c for c in asr["segments"] if c["end"] > c["start"]]
+    per_chunk = (_align_with_whisper(models, audio, chunks, asr.get("language") or models.cfg.language)
+                 if models.aligns_with_whisper() else _align_with_ctc(models, audio, chunks))
+    segs = []
+    for chunk, sentences in zip(chunks, per_chunk):
+        lo, hi = float(chunk["start"]), float(chunk["end"])
+        # a chunk the aligner could not time stays, untimed, for the assembly to drop and count
+        for s in sentences or ([{"text": chunk["text"], "words": []}] if chunk["text"].strip() else []):
+            words = pp.tidy_words(s["words"], lo, hi)
+            timed = [w for w in words if w["start"] is not None]
+            start, end = (timed[0]["start"], max(w["end"] for w in timed)) if timed else (lo, hi)
+            segs.append({"start": start, "end": end, "text": s["text"].strip(), "words": words})
+    return {"segments": segs}
+
+
+def _align_with_whisper(models: ModelSet, audio: np.ndarray, chunks: list[dict], language: str) -> list[list[dict]]:
+    from corpus_tools.segment import whisper_align as wa
+
+    c = models.cfg
+    words = wa.align_chunks(models.faster_whisper(), audio, chunks, language, batch_size=c.batch_size)
+    splitter = wa.sentence_splitter(language)
+    return [wa.split_sentences(chunk["text"].strip(), w, splitter) for chunk, w in zip(chunks, words)]
+
+
+def _align_with_ctc(models: ModelSet, audio: np.ndarray, chunks: list[dict]) -> list[list[dict]]:
+    """``whisperx.align`` chunk by chunk (it aligns each chunk on its own anyway), so every
+    sentence is known to come from its chunk."""
     import whisperx
 
     model, meta = models.align_model()
-    res = whisperx.align(asr["segments"], model, meta, audio, models.cfg.resolved_device(),
-                         return_char_alignments=False)
-    segs = []
-    for s in res["segments"]:
-        if s.get("start") is None or s.get("end") is None:
-            continue
-        words = [{"word": w.get("word", ""), "start": _f(w.get("start")), "end": _f(w.get("end"))}
-                 for w in s.get("words", [])]
-        segs.append({"start": float(s["start"]), "end": float(s["end"]), "text": s.get("text", "").strip(),
-                     "words": words})
-    return {"segments": segs}
+    out = []
+    for chunk in chunks:
+        res = whisperx.align([chunk], model, meta, audio, models.cfg.resolved_device(), return_char_alignments=False)
+        out.append([{"text": s.get("text", ""), "words": [
+            {"word": w.get("word", ""), "start": _f(w.get("start")), "end": _f(w.get("end")), "score": _f(w.get("score"))}
+            for w in s.get("words", [])]} for s in res["segments"]])
+    return out
 
 
 def run_wx_diar(models: ModelSet, audio: np.ndarray, aligned: dict) -> dict:
@@ -390,4 +449,8 @@ def diarize_turns(pipeline, audio: np.ndarray) -> list[tuple[float, float, str]]
 
 
 def _f(x):
-    return None if x is None or (isinstance(x, float) and not np.isfinite(x)) else float(x)
+    return None if x is None or not np.isfinite(float(x)) else float(x)
+
+
+def _round(x):
+    return None if x is None else round(x, 3)

@@ -1,6 +1,25 @@
 """Post-processing of Whisper/WhisperX segments (SPEC §2, thesis §6.2.4).
 
-The rules, in the paper's order:
+First, before the paper's rules, the word times are checked against the audio
+(``keep_words_in_speech``; methods w-pp-1s/3s and wx-align, wx-diar, wx-diar-1s/3s). An
+aligner times every word of the transcript, also words Whisper hallucinated over music or
+silence, and stretches words over pauses. So:
+
+* a word is kept when at least half of it lies inside speech (pyannote VAD, the ``vad``
+  stage) extended by a collar of 0.2 s on both sides; a zero-length word when its time point
+  does. A kept word is clipped to that collared speech;
+* a word without times (an aligner that could not place it) is not kept;
+* a segment keeps the text of its kept words only (its own text when it keeps them all) and
+  runs from its first kept word to its last; a segment left without words is dropped, and
+  counted under the rule ``off-speech``.
+
+The collar keeps word edges the VAD trims (soft onsets, final consonants); 0.2 s is what the
+sample broadcast needs to keep its Dutch TTS and telephone words, and far less than the
+pauses and music stretches it must not bridge. The wx-align stage has already kept each word
+inside its WhisperX chunk and made the times monotonic (``tidy_words``). ``w-raw`` is not
+checked: it is Whisper's own output, cut at its first and last word.
+
+Then the rules, in the paper's order:
 
 1. drop segments whose transcript equals a phrase of the list (case-insensitive, trimmed): the
    language's ``manifests/phrases/<lang>.txt`` plus any files the user adds (or those alone);
@@ -107,6 +126,90 @@ class DropLog:
             self.seconds[k] = self.seconds.get(k, 0.0) + v
         for k, v in other.counts.items():
             self.counts[k] = self.counts.get(k, 0) + v
+
+
+# -- word times against the audio ---------------------------------------------------------
+
+SPEECH_COLLAR_S = 0.2
+MIN_IN_SPEECH = 0.5  # share of a word's duration that must lie in (collared) speech
+
+
+def tidy_words(words: list[dict], lo: float, hi: float) -> list[dict]:
+    """Word times clipped to ``[lo, hi]`` (the chunk they were aligned in) and made monotonic:
+    a word starts no earlier than the previous word ends and ends no earlier than it starts.
+    Words without times (``None``) keep ``None``."""
+    out, floor = [], lo
+    for w in words:
+        start, end = w.get("start"), w.get("end")
+        if start is None or end is None or not (math.isfinite(start) and math.isfinite(end)):
+            out.append({**w, "start": None, "end": None})
+            continue
+        start = min(max(float(start), floor), hi)
+        end = min(max(float(end), start), hi)
+        out.append({**w, "start": round(start, 3), "end": round(end, 3)})
+        floor = end
+    return out
+
+
+def collared(regions: Iterable, collar: float = SPEECH_COLLAR_S) -> list[tuple[float, float]]:
+    """Speech regions widened by ``collar`` on both sides, sorted, overlaps merged."""
+    out: list[list[float]] = []
+    for start, end in sorted((float(a) - collar, float(b) + collar) for a, b in regions):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def _overlaps(start: float, end: float, speech: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [(max(start, a), min(end, b)) for a, b in speech if a < end and b > start]
+
+
+def keep_words_in_speech(segs: list[dict], regions: Iterable, *, collar: float = SPEECH_COLLAR_S,
+                         min_share: float = MIN_IN_SPEECH, joiner: str = " ",
+                         log: DropLog | None = None) -> list[dict]:
+    """The words that lie in speech, and the segments that keep any (see the module docstring).
+
+    ``regions``: the ``vad`` stage's ``[[start, end], ...]``; ``joiner`` joins the kept words'
+    text ("" for languages written without spaces)."""
+    speech = collared(regions, collar)
+    keep, drop = [], []
+    for s in segs:
+        words = s.get("words") or []
+        kept = []
+        for w in words:
+            start, end = w.get("start"), w.get("end")
+            if start is None or end is None:
+                continue
+            if kept:  # monotonic within the segment
+                start, end = max(start, kept[-1]["end"]), max(end, kept[-1]["end"])
+            inside = _overlaps(start, end, speech)
+            if end - start <= _EPS:
+                if any(a <= start <= b for a, b in speech):
+                    kept.append({**w, "start": start, "end": start})
+            elif sum(b - a for a, b in inside) >= min_share * (end - start) - _EPS:
+                kept.append({**w, "start": round(inside[0][0], 3), "end": round(inside[-1][1], 3)})
+        if not kept:
+            drop.append(s)
+            continue
+        text = (s.get("text") or "") if len(kept) == len(words) else joiner.join(w["word"].strip() for w in kept)
+        keep.append({**s, "start": kept[0]["start"], "end": max(w["end"] for w in kept), "text": text.strip(),
+                     "words": kept})
+    if log is not None:
+        log.add("off-speech", drop)
+    return keep
+
+
+def dominant_speaker(start: float, end: float, turns: Iterable) -> str | None:
+    """The speaker of the turns ``[(start, end, speaker), ...]`` that overlap ``[start, end]``
+    longest in total (WhisperX's rule for a segment's speaker), None when none overlaps."""
+    total: dict[str, float] = {}
+    for a, b, spk in turns:
+        overlap = min(end, float(b)) - max(start, float(a))
+        if overlap > 0:
+            total[spk] = total.get(spk, 0.0) + overlap
+    return max(total, key=total.get) if total else None
 
 
 # -- the rules --------------------------------------------------------------------------

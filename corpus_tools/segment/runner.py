@@ -4,10 +4,14 @@ Model work is organised as *stages* whose outputs are cached per recording:
 
     seq        → (no model)
     sad        → vad
-    w-*        → whisper                 (one Whisper pass serves w-raw, w-pp-1s, w-pp-3s)
+    w-raw      → whisper                 (one Whisper pass serves w-raw, w-pp-1s, w-pp-3s)
+    w-pp-*     → vad, whisper
     wx-asr     → wx-asr
-    wx-align   → wx-asr → wx-align
-    wx-diar*   → wx-asr → wx-align → wx-diar
+    wx-align   → vad, wx-asr → wx-align
+    wx-diar*   → vad, wx-asr → wx-align → wx-diar
+
+The methods cut at word times (w-pp-*, wx-align, wx-diar*) keep only words inside speech,
+from the ``vad`` stage (``postprocess.keep_words_in_speech``).
 
 Each stage output is written atomically to ``cache/<stage>-<key>/<recording>.json`` as soon
 as it exists, where ``<key>`` hashes the settings the stage depends on and the identity of
@@ -44,13 +48,15 @@ STAGE_ORDER = ("vad", "whisper", "wx-asr", "wx-align", "wx-diar")
 METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "seq": (),
     "sad": ("vad",),
-    "w-raw": ("whisper",), "w-pp-1s": ("whisper",), "w-pp-3s": ("whisper",),
+    "w-raw": ("whisper",), "w-pp-1s": ("vad", "whisper"), "w-pp-3s": ("vad", "whisper"),
     "wx-asr": ("wx-asr",),
-    "wx-align": ("wx-asr", "wx-align"),
-    "wx-diar": ("wx-asr", "wx-align", "wx-diar"),
-    "wx-diar-1s": ("wx-asr", "wx-align", "wx-diar"),
-    "wx-diar-3s": ("wx-asr", "wx-align", "wx-diar"),
+    "wx-align": ("vad", "wx-asr", "wx-align"),
+    "wx-diar": ("vad", "wx-asr", "wx-align", "wx-diar"),
+    "wx-diar-1s": ("vad", "wx-asr", "wx-align", "wx-diar"),
+    "wx-diar-3s": ("vad", "wx-asr", "wx-align", "wx-diar"),
 }
+#: languages whose words are written without spaces (as whisperx.alignment has them)
+LANGUAGES_WITHOUT_SPACES = ("ja", "zh")
 SEQ_CHUNK_S = 30.0
 
 
@@ -217,7 +223,7 @@ def _load_full(path: str):
 
 
 def method_segments(method: str, rec: dict, cache: StageCache, phrases: set[str],
-                    log: pp.DropLog) -> list[dict]:
+                    log: pp.DropLog, language: str = "nl") -> list[dict]:
     """The segments of one recording for one method, from cached stage outputs."""
     rid, dur = rec["recording_id"], float(rec["duration"])
     if method == "seq":
@@ -232,16 +238,31 @@ def method_segments(method: str, rec: dict, cache: StageCache, phrases: set[str]
         raw = cache.get("whisper", rid)["segments"]
         if method == "w-raw":
             return pp.sanitise(raw, dur)
+        if any("words" in s for s in raw):  # not with --no-word-timestamps: no words to check
+            raw = _words_in_speech(raw, cache, rid, language, log)
         return pp.postprocess(raw, merge="punctuation", min_len=_threshold(method), phrases=phrases,
                               file_duration=dur, log=log)
-    stage = {"wx-asr": "wx-asr", "wx-align": "wx-align"}.get(method, "wx-diar")
-    segs = cache.get(stage, rid)["segments"]
+    if method == "wx-asr":
+        return pp.sanitise(cache.get("wx-asr", rid)["segments"], dur)
+    stage = "wx-align" if method == "wx-align" else "wx-diar"
+    out = cache.get(stage, rid)
+    segs = _words_in_speech(out["segments"], cache, rid, language, log)
     if stage == "wx-diar":
+        turns = out.get("turns") or []
+        before = {(s["start"], s["end"]) for s in out["segments"]}
+        # a segment that lost words: the speaker of what is left (WhisperX's rule, on the new span)
+        segs = [s if (s["start"], s["end"]) in before or not turns
+                else {**s, "speaker": pp.dominant_speaker(s["start"], s["end"], turns)} for s in segs]
         segs = [{**s, "speaker": f"{rid}:{s['speaker']}" if s.get("speaker") else None} for s in segs]
     if method in ("wx-diar-1s", "wx-diar-3s"):
         return pp.postprocess(segs, merge="speaker", min_len=_threshold(method), phrases=phrases,
                               file_duration=dur, log=log)
     return pp.sanitise(segs, dur)
+
+
+def _words_in_speech(segs: list[dict], cache: StageCache, rid: str, language: str, log: pp.DropLog) -> list[dict]:
+    return pp.keep_words_in_speech(segs, cache.get("vad", rid)["regions"], log=log,
+                                   joiner="" if language in LANGUAGES_WITHOUT_SPACES else " ")
 
 
 def _threshold(method: str) -> float:
@@ -264,7 +285,7 @@ def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str]
         if err is not None or any(cache.get(s, rid) is None for s in METHOD_STAGES[method]):
             failed_s += float(rec["duration"] or 0.0)
             continue
-        segs = method_segments(method, rec, cache, phrases, log)
+        segs = method_segments(method, rec, cache, phrases, log, language)
         for s in segs:
             covered_s += s["end"] - s["start"]
             rows.append({
@@ -277,8 +298,13 @@ def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str]
     total = sum(float(r["duration"] or 0.0) for r in recs)
     drops = {"total_seconds": total, "kept_seconds": float(df["duration"].sum()) if df.height else 0.0,
              "failed_seconds": failed_s, "rules_seconds": log.seconds, "rules_counts": log.counts,
-             "models": cache.key(METHOD_STAGES[method][-1])["models"] if METHOD_STAGES[method] else {}}
+             "models": method_models(method, cache)}
     return df, drops
+
+
+def method_models(method: str, cache: StageCache) -> dict[str, dict]:
+    """The identities of every model a method's segments depend on, by kind."""
+    return {kind: ident for stage in METHOD_STAGES[method] for kind, ident in cache.key(stage)["models"].items()}
 
 
 # -- the driver -------------------------------------------------------------------------
