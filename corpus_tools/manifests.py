@@ -139,6 +139,8 @@ class WorkDir:
 
     ``recordings.parquet``            ingest output
     ``segments/{method}.parquet``     one segments manifest per segmentation method
+    ``segments/rttm/{rec}.rttm``      diarization turns per recording (wx-diar)
+    ``segments/ctm/{rec}.ctm``        word alignment per recording (wx-align)
     ``cache/{backend}/{rec}.json``    per-recording model outputs (resume + reuse across methods)
     """
 
@@ -155,6 +157,14 @@ class WorkDir:
 
     def segments(self, method: str) -> Path:
         return self.segments_dir / f"{method}.parquet"
+
+    @property
+    def rttm_dir(self) -> Path:
+        return self.segments_dir / "rttm"
+
+    @property
+    def ctm_dir(self) -> Path:
+        return self.segments_dir / "ctm"
 
     def cache_dir(self, backend: str) -> Path:
         return self.root / "cache" / backend

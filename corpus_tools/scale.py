@@ -394,6 +394,7 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
     from corpus_tools.segment import postprocess as pp
     from corpus_tools.segment import runner
     from corpus_tools.segment.backends import SegmentConfig
+    from corpus_tools.segment.standard_outputs import write_standard_outputs
 
     parts = read_segment_parts(wd)
     if not parts:
@@ -441,6 +442,7 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
         drops["phrase_lists"] = [str(f) for f in files]
         runner.write_method(wd, m, df, drops, cfg)
         out.append((m, df, drops))
+    write_standard_outputs(wd, recs, cache, stages)
     return out
 
 

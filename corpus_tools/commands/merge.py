@@ -42,6 +42,7 @@ def merge(
         if all(vf.is_workdir(d) for d in dirs):
             if len(dirs) > 1:
                 raise fail("merge one work directory at a time (its parts share its cache/)")
+            from corpus_tools.commands.segment import print_standard_outputs
             from corpus_tools.segment.runner import parse_methods
 
             wd = WorkDir(dirs[0])
@@ -52,6 +53,8 @@ def merge(
             for m, df, drops in written:
                 stdout.print(f"  {m:11s} {df.height:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
                              f"→ {wd.segments(m)}")
+            print_standard_outputs({"rttm": len(list(wd.rttm_dir.glob("*.rttm"))),
+                                    "ctm": len(list(wd.ctm_dir.glob("*.ctm")))}, wd)
             stdout.print(f"merged {len(scale.read_segment_parts(wd))} parts of {wd.root}")
             return
         if all(vf.is_shard_dir(d) for d in dirs):

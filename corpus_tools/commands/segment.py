@@ -19,8 +19,12 @@ def segment(
     asr_backend: Annotated[str, typer.Option(help="Backend of the w-* methods: faster-whisper | openai-whisper. "
                                              "wx-* always use WhisperX (faster-whisper).")] = "faster-whisper",
     language: Annotated[str, typer.Option(help="Language code for ASR, alignment and the phrase list.")] = "nl",
-    align_model: Annotated[Optional[str], typer.Option(help="wav2vec2 CTC model for wx-align (name or local dir). "
-                                                       "Default for nl: jonatasgrosman/wav2vec2-large-xlsr-53-dutch.")] = None,
+    align_model: Annotated[Optional[str], typer.Option(help="Word aligner of wx-align: a wav2vec2 CTC model (name or "
+                                                       "local dir), or 'whisper': the Whisper model that "
+                                                       "transcribed aligns its own words (any language, no extra "
+                                                       "model). Default: the language's CTC aligner (nl: "
+                                                       "jonatasgrosman/wav2vec2-large-xlsr-53-dutch) when it is "
+                                                       "here or can be downloaded, else whisper.")] = None,
     diarize_model: Annotated[Optional[str], typer.Option(help="Diarization pipeline (name or local dir).")] = None,
     vad_model: Annotated[Optional[str], typer.Option(help="pyannote VAD/segmentation checkpoint (name or path); "
                                                      "default: the one bundled with WhisperX.")] = None,
@@ -59,6 +63,11 @@ def segment(
     on the models it resolves to (their files, not just the option given), so installing
     another model recomputes exactly the stages that use it; WORKDIR/cache/<stage>-*/settings.json
     says which models made a cache.
+
+    Methods cut at word times (w-pp-*, wx-align, wx-diar*) keep only words that lie in
+    speech (pyannote VAD, with a 0.2 s collar); a segment left without words is dropped
+    (rule off-speech in `corpus stats`). Per recording, the speaker turns are written as
+    RTTM to WORKDIR/segments/rttm/ and the word alignment as CTM to WORKDIR/segments/ctm/.
     """
     import os
 
@@ -67,6 +76,7 @@ def segment(
     from corpus_tools.segment import postprocess as pp
     from corpus_tools.segment import runner
     from corpus_tools.segment.backends import ModelSet, SegmentConfig
+    from corpus_tools.segment.standard_outputs import write_standard_outputs
 
     with user_errors():
         methods = runner.parse_methods(method)
@@ -133,9 +143,19 @@ def segment(
             runner.write_method(wd, m, df, drops, cfg)
             stdout.print(f"  {m:11s} {df.height:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
                          f"→ {wd.segments(m)}")
+        print_standard_outputs(write_standard_outputs(wd, recs, cache, stages), wd)
     rtf = f", {total_audio / t_model:.1f}× real time" if t_model > 0 else " (all stages cached)"
     stdout.print(f"segmented {len(mine)} recordings ({total_audio / 3600:.2f} h) with {len(methods)} "
                  f"method(s) in {t_model:.1f} s of model time{rtf}")
+
+
+def print_standard_outputs(written: dict[str, int], wd) -> None:
+    """Say where the RTTM / CTM files went (``standard_outputs.write_standard_outputs``)."""
+    from corpus_tools.progress import stdout
+
+    for fmt, folder, what in (("rttm", wd.rttm_dir, "speaker turns"), ("ctm", wd.ctm_dir, "word alignment")):
+        if written.get(fmt):
+            stdout.print(f"  {what} ({fmt.upper()}, {written[fmt]} recordings) → {folder}/")
 
 
 def register(app: typer.Typer) -> None:
