@@ -5,8 +5,9 @@ Sections, each only when its inputs exist:
 1. **Ingest** — files and hours per status, and per reason category for failed/filtered
    recordings (``recordings.parquet``).
 2. **Segmentation** — the Table 14 table of every method (``corpus_tools.stats.method_stats``),
-   an hours funnel per method (ok audio → phrase filter → short → music/VAD → kept) and the
-   length histograms (``corpus_tools.stats.plot_lengths``).
+   an hours funnel per method (ok audio → phrase filter → short → off-speech → music/VAD →
+   kept), the aligner and diarizer of each wx-* method, and the length histograms
+   (``corpus_tools.stats.plot_lengths``).
    **Segmentation quality** — when ``segments/scores.json`` exists (`corpus score`): the score
    table per method against the reference annotations.
 3. **Shards** — per shard set given with ``shards``: shards, utterances, hours, size.
@@ -135,9 +136,15 @@ def funnel_rows(stats: pl.DataFrame, ok_hours: float) -> list[list[str]]:
     rows = []
     for r in stats.iter_rows(named=True):
         rows.append([r["method"], f"{ok_hours:.3f}", f"{r['phrase_h']:.3f}", f"{r['short_h']:.3f}",
-                     f"{r['music_vad_h']:.3f}", f"{r['failed_h']:.3f}", f"{r['hours']:.3f}",
-                     f"{r['discarded_pct']:.2f}"])
+                     f"{r['off_speech_h']:.3f}", f"{r['music_vad_h']:.3f}", f"{r['failed_h']:.3f}",
+                     f"{r['hours']:.3f}", f"{r['discarded_pct']:.2f}"])
     return rows
+
+
+def model_rows(stats: pl.DataFrame) -> list[list[str]]:
+    """Per method that used them: the aligner and diarizer recorded in its drops.json."""
+    return [[r["method"], r["aligner"] or "–", r["diarizer"] or "–"]
+            for r in stats.iter_rows(named=True) if r["aligner"] or r["diarizer"]]
 
 
 def table14_rows(stats: pl.DataFrame) -> list[list[str]]:
@@ -401,10 +408,15 @@ def build_report(workdir: str | Path, out: str | Path, runs: Sequence[str | Path
         stats = method_stats(wd, methods)
         rep.add(Table(["method", "segments", "hours kept", "% discarded", "mean s", "min s", "max s"],
                       table14_rows(stats), caption="Table 14 layout (thesis §6.3.2)"))
-        rep.add(Table(["method", "ok h", "phrase filter h", "short h", "music/VAD h", "failed h", "kept h",
-                       "% discarded"], funnel_rows(stats, ok_h),
-                      caption="Hours dropped per rule: ok h = phrase + short + music/VAD (+ failed) + kept; "
-                              "music/VAD is audio no segment covered"))
+        rep.add(Table(["method", "ok h", "phrase filter h", "short h", "off-speech h", "music/VAD h", "failed h",
+                       "kept h", "% discarded"], funnel_rows(stats, ok_h),
+                      caption="Hours dropped per rule: ok h = phrase + short + off-speech + music/VAD (+ failed) "
+                              "+ kept; off-speech is segments none of whose words lay in speech, music/VAD is "
+                              "audio no segment covered"))
+        made = model_rows(stats)
+        if made:
+            rep.add(Table(["method", "aligner", "diarizer"], made,
+                          caption="Models that made the word-aligned methods (segments/<method>.drops.json)"))
         png = plot_lengths(wd, files / "lengths.png", methods)
         rep.add(Image(png, "Segment length histograms per method"))
         rep.add(*segmentation_quality_blocks(wd, methods))

@@ -11,15 +11,30 @@ from corpus_tools.manifests import WorkDir, read_recordings, read_segments
 from corpus_tools.segment.runner import METHODS
 
 TABLE_COLUMNS = ("method", "segments", "hours", "discarded_pct", "mean_s", "min_s", "max_s",
-                 "phrase_h", "short_h", "music_vad_h", "failed_h")
+                 "phrase_h", "short_h", "off_speech_h", "music_vad_h", "failed_h", "aligner", "diarizer")
+TEXT_COLUMNS = ("method", "aligner", "diarizer")
+
+
+def model_label(identity: dict | None, kind: str) -> str:
+    """How a recorded model identity (``models.identify``) is named in tables: the Whisper
+    aligner as ``whisper (<Whisper model>)``, a random-weight stand-in marked as one."""
+    if not identity:
+        return ""
+    name = str(identity.get("name", "?"))
+    if kind == "align" and identity.get("kind") == "whisper-ct2":
+        name = f"whisper ({name})"
+    return f"{name} (RANDOM STAND-IN)" if identity.get("stand_in") else name
 
 
 def method_stats(wd: WorkDir, methods: list[str] | None = None) -> pl.DataFrame:
     """One row per method present: the paper's columns plus hours dropped per rule.
 
-    ``discarded_pct`` is relative to the ok audio given to segmentation. ``music_vad_h`` is
-    audio no segment of the method ever covered (music, silence, noise the models skipped,
-    the tail of ``seq``), i.e. what remains after the other rules are accounted for.
+    ``discarded_pct`` is relative to the ok audio given to segmentation. ``off_speech_h`` is
+    the segments dropped because none of their words lay in speech (``off-speech``).
+    ``music_vad_h`` is audio no segment of the method ever covered (music, silence, noise the
+    models skipped, the tail of ``seq``), i.e. what remains after the other rules are
+    accounted for. ``aligner`` and ``diarizer`` name the models recorded in the method's
+    drops.json (empty for methods that use none).
     """
     recs = read_recordings(wd.recordings)
     ok_s = float(recs.filter(pl.col("status") == "ok")["duration"].sum() or 0.0)
@@ -34,18 +49,21 @@ def method_stats(wd: WorkDir, methods: list[str] | None = None) -> pl.DataFrame:
         drops = json.loads(drops_path.read_text()) if drops_path.exists() else {}
         rules = drops.get("rules_seconds", {})
         kept = float(seg["duration"].sum() or 0.0)
-        phrase, short = rules.get("phrase", 0.0), rules.get("short", 0.0)
+        phrase, short, off = rules.get("phrase", 0.0), rules.get("short", 0.0), rules.get("off-speech", 0.0)
         failed = drops.get("failed_seconds", 0.0)
         # Merging can cover short pauses between segments, so the residual is clamped at 0.
-        music = max(0.0, ok_s - kept - phrase - short - failed)
+        music = max(0.0, ok_s - kept - phrase - short - off - failed)
+        models = drops.get("models", {})
         rows.append({
             "method": m, "segments": seg.height, "hours": kept / 3600,
             "discarded_pct": 100.0 * (1 - kept / ok_s) if ok_s else 0.0,
             "mean_s": float(seg["duration"].mean() or 0.0), "min_s": float(seg["duration"].min() or 0.0),
             "max_s": float(seg["duration"].max() or 0.0), "phrase_h": phrase / 3600, "short_h": short / 3600,
-            "music_vad_h": music / 3600, "failed_h": (failed + ingest_failed_s) / 3600,
+            "off_speech_h": off / 3600, "music_vad_h": music / 3600, "failed_h": (failed + ingest_failed_s) / 3600,
+            "aligner": model_label(models.get("align"), "align"),
+            "diarizer": model_label(models.get("diarization"), "diarization"),
         })
-    return pl.DataFrame(rows, schema={c: (pl.String if c == "method" else pl.Int64 if c == "segments" else pl.Float64)
+    return pl.DataFrame(rows, schema={c: (pl.String if c in TEXT_COLUMNS else pl.Int64 if c == "segments" else pl.Float64)
                                       for c in TABLE_COLUMNS})
 
 

@@ -14,7 +14,8 @@ def stats(
     plot: Annotated[Optional[Path], typer.Option(help="Write a length-histogram PNG here.")] = None,
     csv: Annotated[Optional[Path], typer.Option(help="Also write the table as CSV.")] = None,
 ) -> None:
-    """Print segments, hours kept, % discarded, mean/min/max length, and hours dropped per rule."""
+    """Print segments, hours kept, % discarded, mean/min/max length, hours dropped per rule,
+    and which aligner and diarizer made each wx-* method."""
     from rich.table import Table
 
     from corpus_tools.manifests import WorkDir
@@ -32,8 +33,8 @@ def stats(
     table = Table(title=f"segmentation of {workdir} (Table 14 layout)")
     heads = [("method", "method"), ("segments", "segments"), ("hours", "hours kept"),
              ("discarded_pct", "% discarded"), ("mean_s", "mean s"), ("min_s", "min s"), ("max_s", "max s"),
-             ("phrase_h", "phrase h"), ("short_h", "short h"), ("music_vad_h", "music/VAD h"),
-             ("failed_h", "failed h")]
+             ("phrase_h", "phrase h"), ("short_h", "short h"), ("off_speech_h", "off-speech h"),
+             ("music_vad_h", "music/VAD h"), ("failed_h", "failed h")]
     for _, h in heads:
         table.add_column(h, justify="left" if h == "method" else "right", no_wrap=True)
     for r in df.iter_rows(named=True):
@@ -41,6 +42,14 @@ def stats(
                         else f"{r[k]:.2f}" if k in ("discarded_pct", "mean_s", "min_s", "max_s") else f"{r[k]:.3f}"
                         for k, _ in heads])
     stdout.print(table)
+    made = [r for r in df.iter_rows(named=True) if r["aligner"] or r["diarizer"]]
+    if made:
+        models = Table(title="models that made the word-aligned methods (from segments/<method>.drops.json)")
+        for h in ("method", "aligner", "diarizer"):
+            models.add_column(h, no_wrap=True)
+        for r in made:
+            models.add_row(r["method"], r["aligner"] or "–", r["diarizer"] or "–")
+        stdout.print(models)
     if csv:
         df.write_csv(csv)
         stdout.print(f"table → {csv}")
