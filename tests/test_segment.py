@@ -80,22 +80,17 @@ def test_little_music_or_silence_is_kept(segmented, method):
     assert kept > 0 and bad / kept < 0.10, (bad, kept)
 
 
-def reference_speech(timeline: list[dict]):
-    """The broadcast's speech as a pyannote Timeline: the TTS and alsa stretches, and inside
-    the real call its reference turns (sample.rttm), not the call's own pauses."""
+def reference_speech(work: Path, rid: str, timeline: list[dict]):
+    """The broadcast's reference speech as a pyannote Timeline: the sample's own reference
+    turns (each voice where it is audible; inside the real call its sample.rttm turns)."""
     from pyannote.core import Segment, Timeline
-    from pyannote.database.util import load_rttm
 
-    from corpus_tools.samples import pyannote_sample_dir
+    from corpus_tools.audio import load_audio
+    from corpus_tools.samples import sample_reference
 
-    call = next(iter(load_rttm(pyannote_sample_dir() / "sample.rttm").values())).get_timeline().support()
-    speech = []
-    for t in timeline:
-        if t["kind"] == "speech" and t["source"].startswith("pyannote"):
-            speech += [Segment(t["start"] + c.start, t["start"] + c.end) for c in call]
-        elif t["kind"] == "speech":
-            speech.append(Segment(t["start"], t["end"]))
-    return Timeline(speech).support()
+    path = pl.read_parquet(WorkDir(work).recordings).filter(pl.col("recording_id") == rid)["path"][0]
+    turns, _ = sample_reference(timeline, load_audio(path))
+    return Timeline([Segment(a, b) for a, b, _ in turns]).support()
 
 
 def whisper_aligned(work: Path, rid: str) -> list[dict]:
@@ -115,7 +110,7 @@ def test_whisper_aligned_words_fall_inside_reference_speech(segmented):
 
     work, timelines, _ = segmented
     for rid, timeline in timelines.items():
-        speech = reference_speech(timeline)
+        speech = reference_speech(work, rid, timeline)
         words = [w for s in whisper_aligned(work, rid) for w in s["words"] if w["start"] is not None]
         assert len(words) > 50 and all(set(w) == {"word", "start", "end", "score"} for w in words)
         assert all(a["end"] <= b["start"] + 1e-6 for a, b in zip(words, words[1:]))
@@ -139,7 +134,7 @@ def test_wx_diar_3s_keeps_most_speech_in_single_speaker_segments(segmented):
     for rid, timeline in timelines.items():
         mine = df.filter(pl.col("recording_id") == rid)
         kept = Timeline([Segment(a, b) for a, b in zip(mine["start"], mine["end"]) if 3 - 1e-6 <= b - a <= 30 + 1e-6])
-        speech = reference_speech(timeline)
+        speech = reference_speech(work, rid, timeline)
         share = kept.support().crop(speech, mode="intersection").duration() / speech.duration()
         nonspeech = Timeline([Segment(t["start"], t["end"]) for t in timeline if t["kind"] in ("music", "silence")])
         in_nonspeech = kept.support().crop(nonspeech.support(), mode="intersection").duration()
