@@ -13,9 +13,11 @@ silence, and stretches words over pauses. So:
   runs from its first kept word to its last; a segment left without words is dropped, and
   counted under the rule ``off-speech``.
 
-The collar keeps word edges the VAD trims (soft onsets, final consonants); 0.2 s is what the
-sample broadcast needs to keep its Dutch TTS and telephone words, and far less than the
-pauses and music stretches it must not bridge. The wx-align stage has already kept each word
+The collar gives back word edges the VAD trims (soft onsets, final consonants) and is far
+shorter than the pauses and music stretches it must not bridge. On the sample broadcast
+(``wx-diar-3s``, Whisper base) no collar keeps 60.8 % of the reference speech and 1.4 s of
+music or silence, 0.2 s keeps 61.1 % and 1.8 s, 0.5 s 61.1 % and 2.0 s; the hallucination
+over music is dropped with any of them. The wx-align stage has already kept each word
 inside its WhisperX chunk and made the times monotonic (``tidy_words``). ``w-raw`` is not
 checked: it is Whisper's own output, cut at its first and last word.
 
