@@ -22,7 +22,7 @@ from typing import Iterator
 
 import numpy as np
 
-TARGET_SR = 16_000
+SAMPLE_RATE = 16_000
 _SOUNDFILE_EXT = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".w64"}
 
 
@@ -145,7 +145,7 @@ def _resample(x: np.ndarray, sr: int, target: int) -> np.ndarray:
 
 
 def load_audio(path: str | os.PathLike, start: float | None = None, end: float | None = None,
-               sample_rate: int = TARGET_SR) -> np.ndarray:
+               sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Decode ``[start, end)`` seconds of ``path`` to mono float32 at ``sample_rate``.
 
     Only the requested range is decoded. The result may be shorter than asked for when
@@ -217,7 +217,7 @@ def _load_ffmpeg_cli(p: Path, start: float, end: float | None, sr_out: int) -> n
 
 
 def iter_chunks(path: str | os.PathLike, duration: float, chunk_seconds: float = 600.0,
-                sample_rate: int = TARGET_SR) -> Iterator[tuple[float, np.ndarray]]:
+                sample_rate: int = SAMPLE_RATE) -> Iterator[tuple[float, np.ndarray]]:
     """Stream a long file as ``(offset_seconds, samples)`` chunks of ``chunk_seconds``."""
     t = 0.0
     while t < duration:
@@ -232,7 +232,7 @@ def iter_chunks(path: str | os.PathLike, duration: float, chunk_seconds: float =
 # -- writing ----------------------------------------------------------------------------
 
 
-def encode_audio(x: np.ndarray, sample_rate: int = TARGET_SR, fmt: str = "wav") -> bytes:
+def encode_audio(x: np.ndarray, sample_rate: int = SAMPLE_RATE, fmt: str = "wav") -> bytes:
     """Encode mono float audio as 16-bit PCM WAV or FLAC bytes (deterministic output)."""
     import io
 
@@ -246,7 +246,7 @@ def encode_audio(x: np.ndarray, sample_rate: int = TARGET_SR, fmt: str = "wav") 
     return buf.getvalue()
 
 
-def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int = TARGET_SR) -> Path:
+def write_audio(path: str | os.PathLike, x: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fmt = p.suffix.lstrip(".").lower() or "wav"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus_tools.audio import TARGET_SR, load_audio, write_audio
+from corpus_tools.audio import SAMPLE_RATE, load_audio, write_audio
 
 ALSA_DIR = Path("/usr/share/sounds/alsa")
 MUSIC_DIR = Path("/usr/share/games/asc/music")
@@ -84,7 +84,7 @@ def espeak(text: str, voice: str = "nl", speed: int = 150) -> np.ndarray:
     x, sr = sf.read(io.BytesIO(res.stdout), dtype="float32")
     import soxr
 
-    return soxr.resample(x, sr, TARGET_SR).astype(np.float32)
+    return soxr.resample(x, sr, SAMPLE_RATE).astype(np.float32)
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Stretch:
 
 
 def _noise(seconds: float, rng: np.random.Generator, level: float = 0.05) -> np.ndarray:
-    return (rng.standard_normal(int(seconds * TARGET_SR)) * level).astype(np.float32)
+    return (rng.standard_normal(int(seconds * SAMPLE_RATE)) * level).astype(np.float32)
 
 
 def build_broadcast(out_wav: Path, seed: int = 0, dutch: bool = True,
@@ -120,8 +120,8 @@ def build_broadcast(out_wav: Path, seed: int = 0, dutch: bool = True,
         for k, sent in enumerate(DUTCH_SENTENCES[:4]):
             voice = DUTCH_VOICES[(k + seed) % len(DUTCH_VOICES)]
             parts.append((espeak(sent, voice), "speech", f"espeak:{voice}"))
-            parts.append((np.zeros(int(0.4 * TARGET_SR), np.float32), "silence", "pause"))
-    parts.append((np.zeros(int(4.0 * TARGET_SR), np.float32), "silence", "silence"))
+            parts.append((np.zeros(int(0.4 * SAMPLE_RATE), np.float32), "silence", "pause"))
+    parts.append((np.zeros(int(4.0 * SAMPLE_RATE), np.float32), "silence", "silence"))
     call = pyannote_sample_dir() / "sample.wav"
     parts.append((load_audio(call), "speech", "pyannote:sample.wav"))
     parts.append((_noise(3.0, rng), "noise", "white noise"))
@@ -130,15 +130,15 @@ def build_broadcast(out_wav: Path, seed: int = 0, dutch: bool = True,
         for k, sent in enumerate(DUTCH_SENTENCES[4:]):
             voice = DUTCH_VOICES[(k + seed + 1) % len(DUTCH_VOICES)]
             parts.append((espeak(sent, voice), "speech", f"espeak:{voice}"))
-            parts.append((np.zeros(int(0.3 * TARGET_SR), np.float32), "silence", "pause"))
+            parts.append((np.zeros(int(0.3 * SAMPLE_RATE), np.float32), "silence", "pause"))
     for clip in alsa_clips()[:3]:
         parts.append((load_audio(clip), "speech", f"alsa:{clip.name}"))
-        parts.append((np.zeros(int(0.5 * TARGET_SR), np.float32), "silence", "pause"))
+        parts.append((np.zeros(int(0.5 * SAMPLE_RATE), np.float32), "silence", "pause"))
     add_music(seed + 2, music_seconds / 2)
 
     timeline, t, chunks = [], 0.0, []
     for x, kind, src in parts:
-        dur = len(x) / TARGET_SR
+        dur = len(x) / SAMPLE_RATE
         timeline.append(Stretch(round(t, 4), round(t + dur, 4), kind, src))
         chunks.append(x)
         t += dur
@@ -215,11 +215,11 @@ def sample_reference(timeline: list[dict], audio: np.ndarray) -> tuple[list[tupl
             call = load_references(pyannote_sample_dir() / "sample.rttm")["sample"]
             turns += [(start + t0, min(end, start + t1), f"pyannote:{spk}") for t0, t1, spk in call.turns]
         else:
-            chunk = audio[int(round(start * TARGET_SR)):int(round(end * TARGET_SR))]
+            chunk = audio[int(round(start * SAMPLE_RATE)):int(round(end * SAMPLE_RATE))]
             loud = np.flatnonzero(np.abs(chunk) > SPEECH_EDGE_LEVEL)
             if loud.size:
                 speaker = ALSA_SPEAKER if src.startswith("alsa:") else src
-                turns.append((start + loud[0] / TARGET_SR, start + (loud[-1] + 1) / TARGET_SR, speaker))
+                turns.append((start + loud[0] / SAMPLE_RATE, start + (loud[-1] + 1) / SAMPLE_RATE, speaker))
     return sorted(turns), labels
 
 
