@@ -18,7 +18,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -214,19 +213,6 @@ def _load_ffmpeg_cli(p: Path, start: float, end: float | None, sr_out: int) -> n
     if res.returncode != 0:
         raise AudioError(f"decode failed: {res.stderr.decode(errors='replace').strip()[-200:]}")
     return np.frombuffer(res.stdout, dtype=np.float32).copy()
-
-
-def iter_chunks(path: str | os.PathLike, duration: float, chunk_seconds: float = 600.0,
-                sample_rate: int = SAMPLE_RATE) -> Iterator[tuple[float, np.ndarray]]:
-    """Stream a long file as ``(offset_seconds, samples)`` chunks of ``chunk_seconds``."""
-    t = 0.0
-    while t < duration:
-        end = min(duration, t + chunk_seconds)
-        x = load_audio(path, t, end, sample_rate)
-        if x.size == 0:
-            break
-        yield t, x
-        t = end
 
 
 # -- writing ----------------------------------------------------------------------------
