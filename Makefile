@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo-out
 
-.PHONY: setup test demo clean-demo
+.PHONY: setup test test-fast demo clean-demo
 
 setup: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml scripts/system-deps.sh
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The pure tests only (no model, training, Ray or torchrun run): under 2 minutes on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 demo: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh $(DEMO_DIR)

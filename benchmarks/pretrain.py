@@ -8,7 +8,7 @@ A step is what ``trainer pretrain`` does per optimizer step: forward (masking, q
 negatives, losses) + backward + AdamW, bf16 autocast on CUDA, fp32 on CPU. Synthetic batches
 fill ``--batch-seconds`` with utterances of ``--utterance-seconds`` (padding-free, like
 length-sorted shards); ``--jitter`` makes lengths vary by up to that fraction (padding + masks).
-MFU = audio s/s × training FLOPs per audio second (``trainer.pretrain.flops_per_audio_second``)
+MFU = audio s/s × training FLOPs per audio second (``trainer.metrics.flops_per_audio_second``)
 ÷ the GPU's dense bf16 peak. Prints one JSON line per config.
 """
 
@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from trainer.model import Wav2Vec2ForPreTraining, count_parameters, load_config  # noqa: E402
-from trainer.pretrain import flops_per_audio_second, make_optimizer, peak_flops  # noqa: E402
+from trainer.metrics import flops_per_audio_second, peak_flops  # noqa: E402
+from trainer.pretrain import make_optimizer  # noqa: E402
 
 
 def synthetic_batches(batch_seconds: float, utterance_seconds: float, jitter: float, seed: int):
@@ -44,7 +45,7 @@ def synthetic_batches(batch_seconds: float, utterance_seconds: float, jitter: fl
 
 
 def shard_batches(shards: str, batch_seconds: float, seed: int):
-    from corpus_tools.reader import ShardBatchStream, make_loader
+    from corpus_tools.data.stream import ShardBatchStream, make_loader
 
     for batch in make_loader(ShardBatchStream(shards, batch_seconds, seed=seed, rank=0, world_size=1), 4):
         yield batch.audio, batch.lengths

@@ -68,7 +68,7 @@ def fresh(work: Path, dest: Path) -> Path:
 def time_segment(work: Path, models: Path, backend: str, workers: int) -> float:
     """Wall seconds to fill the sad stage cache of ``work`` (models loaded inside)."""
     from corpus_tools.manifests import WorkDir
-    from corpus_tools.scale import run_segment_parallel
+    from corpus_tools.parallel.segment import process_recordings
     from corpus_tools.segment import runner
     from corpus_tools.segment.backends import ModelSet, SegmentConfig
 
@@ -85,13 +85,14 @@ def time_segment(work: Path, models: Path, backend: str, workers: int) -> float:
         for rec in recs:
             runner.process_recording(rec, ["vad"], cache, models_)
     else:
-        run_segment_parallel(recs, ["vad"], wd, cfg, backend=backend, workers=workers, threads=1)
+        for _ in process_recordings(recs, ["vad"], wd, cfg, backend=backend, workers=workers, threads=1):
+            pass
     return time.perf_counter() - t0
 
 
 def time_shard(work: Path, out: Path, backend: str, workers: int) -> float:
     from corpus_tools.manifests import WorkDir, read_segments
-    from corpus_tools.scale import write_shards_ray
+    from corpus_tools.parallel.shards import write_shards_ray
     from corpus_tools.shards import write_shards
 
     segs = read_segments(WorkDir(work).segments("sad"))

@@ -7,7 +7,7 @@ Runs in one process on a small sample archive with the offline models (Whisper b
 * ``each``     every method from scratch in its own work directory (what a tool without
                stage caching pays).
 
-Target (issue 3): all ten methods for ≤ 2.2× the cost of one ASR pass. Models are loaded
+Target: all ten methods for ≤ 2.2× the cost of one ASR pass. Models are loaded
 once before timing (they are cached per process, as in a real run), so the numbers compare
 inference, not loading. Also prints the real-time factor of each stage.
 

@@ -7,12 +7,12 @@ Measures, in one process on one core (torch/BLAS threads pinned to 1):
 * write: ``corpus_tools.shards.write_shards`` — cut segments from recordings, resample to
   16 kHz, encode, tar, hash — in × real time per core (audio seconds / CPU seconds).
   Baseline: the same cutting and encoding written with ``webdataset.TarWriter``.
-* read: ``corpus_tools.reader.ShardBatchStream`` — tar headers + json, shuffle buffer,
+* read: ``corpus_tools.data.stream.ShardBatchStream`` — tar headers + json, shuffle buffer,
   duration batching, decode, zero-padded batch tensors — in seconds of audio per second
   per core. Baseline: ``webdataset.WebDataset`` + soundfile decode + fixed 8-utterance
   padded batches (no duration batching).
 
-Targets (issue 4): read ≥ 20,000 s audio/s/core for wav; write ≥ 500× real time/core.
+Targets: read ≥ 20,000 s audio/s/core for wav; write ≥ 500× real time/core.
 Numbers are CPU-time based (``time.process_time``) so that other load on the machine
 does not distort them; wall-clock figures are printed next to them.
 """
@@ -96,7 +96,7 @@ def bench_write_baseline(df: pl.DataFrame, out: Path, fmt: str) -> Timer:
 
 
 def bench_read(shard_dir: Path) -> tuple[Timer, float, float]:
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     stream = ShardBatchStream(str(shard_dir), 150.0, infinite=False, seed=0)
     seconds = padded = 0.0

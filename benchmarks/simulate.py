@@ -44,7 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from corpus_tools.audio import load_audio, write_audio  # noqa: E402
-from corpus_tools.simulate import Simulator, batch_rng  # noqa: E402
+from corpus_tools.data.rng import batch_rng  # noqa: E402
+from corpus_tools.simulate import Simulator  # noqa: E402
 
 SR = 16_000
 SPEECH = ROOT / ".venv/lib/python3.11/site-packages/pyannote/audio/sample/sample.wav"

@@ -40,16 +40,21 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, mode: int | None = 0o644, tag: str = "") -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, mode: int | None = 0o644, tag: str = "",
+                tmp: str | os.PathLike | None = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it is fsynced and renamed to ``path``.
 
-    For writers that want a file name (``df.write_parquet(tmp)``, ``torch.save(obj, tmp)``).
+    For writers that want a file name (``df.write_parquet(tmp)``). Not for ``torch.save(obj,
+    tmp)``: torch records the file's name inside the archive, so the bytes would change with the
+    random temporary name; save through a file object (:func:`atomic_open`) instead.
     On any exception the temporary file is removed and the exception propagates; ``path`` is
-    untouched. ``mode`` is applied before the rename (``None`` keeps the writer's).
+    untouched. ``mode`` is applied before the rename (``None`` keeps the writer's). ``tmp``
+    replaces the default temporary name, for files whose temporary name must follow their own
+    pattern (a shard's must not contain ``.tar``, and a resumed run must find it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path, tag)
+    tmp = temp_path(path, tag) if tmp is None else Path(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -64,9 +69,10 @@ def atomic_path(path: str | os.PathLike, *, mode: int | None = 0o644, tag: str =
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, *, mode: int | None = 0o644, tag: str = "") -> Iterator[BinaryIO]:
+def atomic_open(path: str | os.PathLike, *, mode: int | None = 0o644, tag: str = "",
+                tmp: str | os.PathLike | None = None) -> Iterator[BinaryIO]:
     """Yield a binary file object; on success its bytes replace ``path`` atomically."""
-    with atomic_path(path, mode=mode, tag=tag) as tmp, open(tmp, "wb") as fh:
+    with atomic_path(path, mode=mode, tag=tag, tmp=tmp) as written, open(written, "wb") as fh:
         yield fh
         fh.flush()
 

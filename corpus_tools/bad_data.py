@@ -1,6 +1,6 @@
 """Bad data in shards: skip events, their tally, and the limit that stops a run on a wrong folder.
 
-The shard reader (``corpus_tools.reader``) never fails on a damaged utterance or shard. It
+The shard stream (``corpus_tools.data``) never fails on a damaged utterance or shard. It
 skips it and records a *skip event*, ``{"shard", "key", "kind", "reason"}``:
 
 * kind ``"utterance"``: an audio member that does not decode, is empty or holds non-finite
@@ -8,7 +8,7 @@ skips it and records a *skip event*, ``{"shard", "key", "kind", "reason"}``:
 * kind ``"shard"``: a tar that is unreadable or truncated past some point (``key`` is the
   last utterance kept; everything before the damage is still read).
 
-Events travel with the batch they were found for (``Batch.skipped``), because the reader runs
+Events travel with the batch they were found for (``Batch.skipped``), because the stream runs
 in DataLoader worker processes. The consumer (the trainer, ``trainer evaluate``) counts them
 in a ``BadDataTally``, which prints one warning line per event (once per process, the first
 ``MAX_NAMED`` of them) and says when the share of bad data passes the limit:

@@ -7,11 +7,9 @@ command bodies so that ``corpus --help`` stays instant.
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-from corpus_tools.clihelp import reflow_help
+from corpus_tools.clihelp import register_commands
 
 app = typer.Typer(
     name="corpus",
@@ -40,8 +38,8 @@ COMMAND_MODULES = (
     "verify",
     "report",
     "merge",
+    "subset",
 )
-
 
 
 @app.callback()
@@ -57,9 +55,7 @@ def _root(
     logs.configure(True if verbose else None)
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"corpus_tools.commands.{_name}").register(app)
-reflow_help(app)
+register_commands(app, "corpus_tools.commands", COMMAND_MODULES)
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ lines (examples) and list items keep their own lines.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
+from typing import Sequence
 
 import typer
 
@@ -36,3 +38,11 @@ def reflow_help(app: typer.Typer) -> None:
     for group in app.registered_groups:
         if group.typer_instance is not None:
             reflow_help(group.typer_instance)
+
+
+def register_commands(app: typer.Typer, package: str, modules: Sequence[str]) -> None:
+    """Register every command module of ``package`` on ``app`` (each exposes ``register(app)``),
+    then reflow their help."""
+    for name in modules:
+        importlib.import_module(f"{package}.{name}").register(app)
+    reflow_help(app)

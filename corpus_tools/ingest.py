@@ -1,8 +1,11 @@
-"""Archive ingest (SPEC §1, thesis §6.2.3): probe every file, apply metadata filters.
+"""Archive ingest (thesis §6.2.3): probe every file, apply metadata filters.
 
-Each function here is pure over rows except :func:`probe_file` (which runs ffprobe/ffmpeg)
-and :class:`ProbeCache` (which makes a long ingest resumable: every finished probe is
-appended to a journal, so a crash or ``kill -9`` loses at most the files in flight).
+:func:`run_ingest` is the stage: it takes :class:`IngestArgs` and writes
+``recordings.parquet``; ``corpus ingest`` only parses options into those args and prints the
+:class:`IngestResult`. Every other function here is pure over rows except
+:func:`probe_file` (which runs ffprobe/ffmpeg) and :class:`ProbeCache` (which makes a long
+ingest resumable: every finished probe is appended to a journal, so a crash or ``kill -9``
+loses at most the files in flight).
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ import hashlib
 import json
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Iterable
 
 import polars as pl
+import yaml
 
 from corpus_tools.audio import AudioError, check_decodes, probe
-from corpus_tools.manifests import RECORDINGS_SCHEMA, ManifestError
+from corpus_tools.manifests import RECORDINGS_SCHEMA, ManifestError, WorkDir, write_recordings
+from corpus_tools.parallel.ray_utils import ray_map
+from corpus_tools.progress import progress_bar
 
 MAX_DURATION_S = 3 * 3600.0
+DEFAULT_GENRE_FILTER = Path(__file__).resolve().parents[1] / "manifests" / "genre_filter.yaml"
 # Sidecar files that commonly sit next to broadcast media; they are not media and are not
 # given a row (they are counted in the summary instead).
 SIDECAR_EXT = {".csv", ".tsv", ".json", ".jsonl", ".txt", ".md", ".xml", ".parquet", ".rttm",
@@ -192,8 +201,6 @@ class GenreFilter:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "GenreFilter":
-        import yaml
-
         with open(path, encoding="utf-8") as fh:
             cfg = yaml.safe_load(fh) or {}
         mode = str(cfg.get("mode", "deny")).lower()
@@ -309,3 +316,88 @@ def summarize(df: pl.DataFrame) -> pl.DataFrame:
               .group_by("status")
               .agg(pl.len().alias("files"), (pl.col("duration").sum() / 3600).alias("hours"))
               .sort("status"))
+
+
+# -- the stage --------------------------------------------------------------------------
+
+
+class Backend(str, Enum):
+    """Where the per-item work of a stage runs."""
+
+    local = "local"
+    ray = "ray"
+
+
+@dataclass
+class IngestArgs:
+    """What ``corpus ingest`` takes (its options have the same names and defaults)."""
+
+    sources: list[Path]
+    out: Path
+    metadata: Path | None = None
+    genre_filter: Path | None = None  # default DEFAULT_GENRE_FILTER, used with metadata or genre lists
+    keep_genre: list[str] = field(default_factory=list)
+    drop_genre: list[str] = field(default_factory=list)
+    max_hours: float = MAX_DURATION_S / 3600
+    dedupe: bool = True
+    verify_decode: bool = True
+    workers: int = 2
+    backend: str = Backend.local.value
+    ray_address: str | None = None
+
+
+@dataclass
+class IngestResult:
+    recordings: pl.DataFrame  # one row per input file, as written
+    path: Path  # the recordings manifest
+    files: int
+    sidecars: int  # files skipped as sidecars (csv, txt, json, ...)
+    unmatched: int  # metadata rows that matched no file
+
+
+def run_ingest(args: IngestArgs) -> IngestResult:
+    """Probe every media file of ``args.sources``, filter by metadata, write recordings.parquet.
+
+    Every input file gets a row with status ok, failed (with the reason) or filtered; bad
+    files never stop the run. Probes already in the journal are not repeated.
+    """
+    if args.backend not in tuple(Backend):
+        raise ValueError(f"--backend must be local or ray, not {args.backend!r}")
+    files, sidecars = discover(args.sources)
+    if not files:
+        raise ValueError(f"no media files found in {', '.join(map(str, args.sources))}")
+    meta = read_metadata(args.metadata) if args.metadata else None
+    meta_rows, unmatched = match_metadata(files, meta)
+    gf = None
+    if meta is not None or args.keep_genre or args.drop_genre:
+        gf = GenreFilter.load(args.genre_filter or DEFAULT_GENRE_FILTER)
+        if args.keep_genre:
+            gf.mode, gf.keep = "allow", list(args.keep_genre)
+        if args.drop_genre:
+            gf.drop = gf.drop + list(args.drop_genre)
+    wd = WorkDir(args.out)
+    wd.root.mkdir(parents=True, exist_ok=True)
+    probes = _probe_all(files, ProbeCache(wd.cache_dir("ingest") / "probes.jsonl"), args)
+    df = build_recordings(files, probes, meta_rows)
+    df = apply_filters(df, gf, max_duration=args.max_hours * 3600, dedupe=args.dedupe)
+    write_recordings(df, wd.recordings)
+    return IngestResult(df, wd.recordings, len(files), len(sidecars), unmatched)
+
+
+def _probe_all(files: list[Path], cache: ProbeCache, args: IngestArgs) -> list[dict]:
+    """Each file's probe: from the journal, else probed (threads or Ray tasks) and journalled
+    as it arrives, in input order."""
+    probes: list[dict | None] = [cache.get(f, args.verify_decode) for f in files]
+    todo = [i for i, p in enumerate(probes) if p is None]
+    with progress_bar() as bar, ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        task = bar.add_task("probe", total=len(files), completed=len(files) - len(todo), info="")
+        if args.backend == Backend.ray:
+            results = ray_map(probe_file, [files[i] for i in todo], address=args.ray_address,
+                              kwargs={"verify_decode": args.verify_decode})
+        else:
+            results = pool.map(lambda j: probe_file(files[j], args.verify_decode), todo)
+        for i, row in zip(todo, results):
+            cache.put(files[i], row, args.verify_decode)
+            probes[i] = row
+            bar.advance(task)
+    return probes

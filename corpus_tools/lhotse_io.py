@@ -233,7 +233,7 @@ def _sources(src: Path) -> list[tuple[Path, Path | None, str]]:
     cuts = sorted(p for p in src.iterdir() if _is_manifest(p, "cuts"))
     if cuts:
         return [(p, None, "cuts") for p in cuts]
-    from corpus_tools.importers import CorpusLayoutError
+    from corpus_tools.importers.common import CorpusLayoutError
 
     raise CorpusLayoutError(f"{src} holds no Lhotse cuts or supervisions manifests "
                         f"(*cuts*.jsonl.gz, *supervisions*.jsonl.gz)")
@@ -268,7 +268,7 @@ _BOOK_UTT = re.compile(r"^(\d+[-_]\d+)[-_]\d+$")  # LibriSpeech SPK-CHAPTER-UTT,
 
 
 def _row(sup, start: float, path: str, kind_part: str | None) -> dict:
-    from corpus_tools.importers import _layout_split, language_code
+    from corpus_tools.importers.common import language_code, layout_split
 
     custom = dict(sup.custom or {})
     row = {"segment_id": sup.id, "recording_id": sup.recording_id, "path": path,
@@ -278,7 +278,7 @@ def _row(sup, start: float, path: str, kind_part: str | None) -> dict:
            "session": custom.pop("session", None), "gender": sup.gender}
     split = custom.pop("split", None)
     if split is None and kind_part:
-        split = _layout_split(kind_part)
+        split = layout_split(kind_part)
     row["split"] = split
     if kind_part:
         row["subset"] = kind_part

@@ -146,25 +146,13 @@ class WorkDir:
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-
-    @property
-    def recordings(self) -> Path:
-        return self.root / "recordings.parquet"
-
-    @property
-    def segments_dir(self) -> Path:
-        return self.root / "segments"
+        self.recordings = self.root / "recordings.parquet"
+        self.segments_dir = self.root / "segments"
+        self.rttm_dir = self.segments_dir / "rttm"
+        self.ctm_dir = self.segments_dir / "ctm"
 
     def segments(self, method: str) -> Path:
         return self.segments_dir / f"{method}.parquet"
-
-    @property
-    def rttm_dir(self) -> Path:
-        return self.segments_dir / "rttm"
-
-    @property
-    def ctm_dir(self) -> Path:
-        return self.segments_dir / "ctm"
 
     def cache_dir(self, backend: str) -> Path:
         return self.root / "cache" / backend

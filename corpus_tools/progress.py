@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -31,6 +32,15 @@ def progress_bar(disable: bool | None = None) -> Progress:
         TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
         console=console, disable=disable, transient=False,
     )
+
+
+@contextmanager
+def counting(description: str, unit: str, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """A running count without a known total (items done, elapsed time) on stderr; yields ``advance(n)``."""
+    with Progress(TextColumn("[bold]{task.description}"), TextColumn("{task.completed:,.0f} " + unit),
+                  TimeElapsedColumn(), console=console, disable=not enabled, transient=False) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda n=1: bar.advance(task, n)
 
 
 @contextmanager

@@ -21,6 +21,8 @@ from typing import Callable, Mapping, Sequence, TypeVar
 import numpy as np
 import polars as pl
 
+from corpus_tools.manifests import read_segments, write_segments
+
 SPLITS = ("train", "dev", "test")
 CHOICES = (*SPLITS, "all")
 PICKS = ("median", "random")
@@ -210,8 +212,6 @@ class HoldoutSummary:
 def holdout_manifest(src: str | os.PathLike, out: str | os.PathLike, *, per_session: int = 1,
                      pick: str = "median", seed: int = 0) -> HoldoutSummary:
     """``corpus holdout``: read a segments manifest, :func:`mark_holdout`, write it atomically."""
-    from corpus_tools.manifests import read_segments, write_segments
-
     df = read_segments(src)
     before = df["split"].to_list() if "split" in df.columns else [None] * df.height
     marked = mark_holdout(df, per_session=per_session, pick=pick, seed=seed)

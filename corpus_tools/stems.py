@@ -23,7 +23,6 @@ when one is present.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,11 @@ from typing import Callable
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from corpus_tools.atomic import write_text
+from corpus_tools.audio import SAMPLE_RATE
+from corpus_tools.models import load_demucs
+from corpus_tools.simulate.pools import clip_id_of, manifest_rows
+
 STEMS_TABLE = "stems.parquet"
 DEFAULT_MODEL = "htdemucs"
 DEFAULT_MIN_VOCAL_SECONDS = 0.5
@@ -47,53 +50,11 @@ def safe_name(clip_id: str) -> str:
 
 def load_separator(name_or_path: str = DEFAULT_MODEL, models_dir: str | Path | None = None,
                    device: str = "cpu"):
-    """A Demucs model from a name (pretrained / in ``models_dir``) or a saved ``.th`` file.
-
-    Uses ``corpus_tools.models.load_demucs`` when the toolkit's model registry provides it;
-    otherwise a file path is read with ``demucs.states.load_model`` (Demucs' own format),
-    a name found in ``models_dir`` with ``demucs.pretrained.get_model(name, repo=models_dir)``,
-    and any other name with ``get_model(name)`` (downloads; fails offline).
-    """
-    try:
-        from corpus_tools.models import load_demucs  # the MODELS registry, when present
-    except ImportError:
-        load_demucs = None
-    if load_demucs is not None:
-        model = load_demucs(name_or_path, models_dir, device)
-    else:
-        model = _load_demucs_directly(str(name_or_path), models_dir)
+    """A Demucs model from a name (pretrained / in ``models_dir``) or a saved ``.th`` file,
+    through the models registry (``corpus_tools.models.load_demucs``)."""
+    model = load_demucs(name_or_path, models_dir, device)
     model.eval()
     return model
-
-
-def _load_demucs_directly(name_or_path: str, models_dir: str | Path | None):
-    from demucs.pretrained import get_model
-    from demucs.states import load_model
-
-    p = Path(name_or_path)
-    if p.is_file():
-        return load_model(str(p))
-    if p.is_dir():  # a local repo holding exactly one model, or a bag named like the folder
-        return get_model(p.name, repo=p) if (p / f"{p.name}.yaml").exists() else \
-            get_model(_only_model(p), repo=p)
-    if models_dir is not None:
-        for repo in (Path(models_dir), Path(models_dir) / "demucs"):
-            if repo.is_dir() and any(repo.glob(f"{name_or_path}*.th")) or \
-                    (repo / f"{name_or_path}.yaml").exists():
-                return get_model(name_or_path, repo=repo)
-    try:
-        return get_model(name_or_path)
-    except Exception as exc:
-        raise RuntimeError(
-            f"cannot load Demucs model {name_or_path!r} ({exc}); offline, pass a saved model "
-            f"file (.th) or a folder holding it with --demucs-model") from None
-
-
-def _only_model(repo: Path) -> str:
-    sigs = sorted(f.stem.rsplit("-", 1)[0] if "-" in f.stem else f.stem for f in repo.glob("*.th"))
-    if len(sigs) != 1:
-        raise RuntimeError(f"{repo} holds {len(sigs)} Demucs models; name one file instead")
-    return sigs[0]
 
 
 def default_device() -> str:
@@ -138,10 +99,8 @@ class Clip:
 
 def manifest_clips(manifest: str | Path) -> list[Clip]:
     """The clips of a music (segments) manifest; ids as ``corpus simulate`` uses them."""
-    from corpus_tools.simulate import _clip_id, _manifest_rows
-
-    rows = _manifest_rows(manifest, "fma")
-    clips = [Clip(_clip_id(r, i), str(r["path"]), r.get("start"), r.get("end"))
+    rows = manifest_rows(manifest, "fma")
+    clips = [Clip(clip_id_of(r, i), str(r["path"]), r.get("start"), r.get("end"))
              for i, r in enumerate(rows)]
     seen: set[str] = set()
     for c in clips:
@@ -207,10 +166,9 @@ def _resample(x: np.ndarray, sr: int) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def _write_record(path: Path, data: dict) -> None:
+    # json.dumps' defaults (ASCII escapes, no indent) are the records' format
+    write_text(path, json.dumps(data, sort_keys=True) + "\n")
 
 
 def stem_clips(manifest: str | Path, out_dir: str | Path, *, model: str = DEFAULT_MODEL,
@@ -265,7 +223,7 @@ def stem_batch(chunk: list[Clip], out: Path, sep, vad, device: str, *, model_nam
             waves.append(read_clip(c, sep.samplerate, sep.audio_channels))
             ok.append(c)
         except Exception as exc:  # a broken clip is recorded, not fatal
-            _write_json_atomic(records / f"{safe_name(c.clip_id)}.json", {
+            _write_record(records / f"{safe_name(c.clip_id)}.json", {
                 "clip_id": c.clip_id, "source_path": c.path, "error": str(exc)[-300:],
                 "vocal_path": None, "instrumental_path": None,
                 "vocal_speech_seconds": 0.0, "usable_vocal": False, "duration": None,
@@ -280,7 +238,7 @@ def stem_batch(chunk: list[Clip], out: Path, sep, vad, device: str, *, model_nam
         write_audio(out / "vocals" / f"{name}.wav", vocals)
         write_audio(out / "instrumental" / f"{name}.wav", instr)
         speech = vocal_speech_seconds(vocals, vad)
-        _write_json_atomic(records / f"{name}.json", {
+        _write_record(records / f"{name}.json", {
             "clip_id": c.clip_id, "source_path": c.path, "error": None,
             "vocal_path": f"vocals/{name}.wav",
             "instrumental_path": f"instrumental/{name}.wav",

@@ -90,15 +90,21 @@ def _en_below_1000(n: int) -> list[str]:
     return words
 
 
+def _spell_scales(n: int, scales, spell) -> tuple[list[str], int]:
+    """Words for the millions, billions, … of ``n`` (largest first) and what is left below them."""
+    words: list[str] = []
+    for scale, name in scales:
+        if n >= scale:
+            words += [spell(n // scale), name]
+            n %= scale
+    return words, n
+
+
 def spell_en(n: int) -> str:
     """English cardinal without "and" or hyphens: 1984 → "one thousand nine hundred eighty four"."""
     if n < 1000:
         return " ".join(_en_below_1000(n))
-    words: list[str] = []
-    for scale, name in _EN_SCALES:
-        if n >= scale:
-            words += [spell_en(n // scale), name]
-            n %= scale
+    words, n = _spell_scales(n, _EN_SCALES, spell_en)
     if n:
         words += _en_below_1000(n)
     return " ".join(words)
@@ -125,11 +131,7 @@ def spell_nl(n: int) -> str:
     2500000 → "twee miljoen vijfhonderdduizend"."""
     if n < 1000:
         return _nl_below_1000(n)
-    words: list[str] = []
-    for scale, name in _NL_SCALES:
-        if n >= scale:
-            words += [spell_nl(n // scale), name]
-            n %= scale
+    words, n = _spell_scales(n, _NL_SCALES, spell_nl)
     if n:
         thousands, rest = divmod(n, 1000)
         word = ""

@@ -18,24 +18,29 @@ Problems are mismatches (the command exits non-zero); warnings are harmless left
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import math
-import re
 import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-# keys the shard reader and nanow2v2 both rely on
+from corpus_tools import shards as sh
+from corpus_tools.audio import SAMPLE_RATE
+from corpus_tools.data.members import AUDIO_EXTENSIONS, audio_problem, decode_into, member_info
+from corpus_tools.data.tar_index import ends_cleanly
+from corpus_tools.manifests import (RECORDINGS_SCHEMA, SEGMENTS_SCHEMA, ManifestError, WorkDir,
+                                    read_manifest, validate)
+
+# keys the shard stream and nanow2v2 both rely on
 REQUIRED_JSON_KEYS = (
     "id", "sample_id", "key", "num_frames", "sample_rate", "duration", "transcript",
     "transcription", "speaker", "speaker_id", "recording", "recording_id", "session",
     "language", "language_tag", "method", "start", "end",
 )
-AUDIO_EXTS = ("wav", "flac")
 TIME_TOLERANCE_S = 0.01  # segments may end this much past the probed recording duration
 
 
@@ -86,52 +91,27 @@ def is_workdir(path: Path) -> bool:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _audio_info(data: bytes) -> tuple[int, int, int]:
-    """(sample_rate, channels, frames) of in-memory wav/flac bytes."""
-    import soundfile as sf
-
-    info = sf.info(io.BytesIO(data))
-    return info.samplerate, info.channels, info.frames
-
-
-def _audio_damage(data: bytes) -> str | None:
-    """Why an audio member cannot be trained on, as the trainer's reader would skip it: empty,
-    not decodable, or float samples that are not finite (PCM and FLAC cannot hold NaN)."""
-    import numpy as np
-    import soundfile as sf
-
+def _audio_check(data: bytes):
+    """(header, None), or (header or None, why the stream would skip the member): empty, not
+    decodable, or float samples that are not finite (only float samples are decoded: PCM and
+    FLAC cannot hold NaN). The reason is the stream's, without its leading "audio"."""
     if not data:
-        return "is empty"
+        return None, "is empty"
     try:
-        info = sf.info(io.BytesIO(data))
-        if info.frames == 0:
-            return "is empty (no samples)"
-        if info.subtype in ("FLOAT", "DOUBLE") and not np.isfinite(
-                sf.read(io.BytesIO(data), dtype="float32")[0]).all():
-            return "holds non-finite samples (NaN or inf)"
+        info = member_info(data)
     except Exception as exc:  # noqa: BLE001 - whatever the bytes are, they do not decode
-        text = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", "the member", " ".join(str(exc).split()))
-        return f"does not decode ({text})"
-    return None
-
-
-def _truncation(path: Path, end_offset: int) -> str | None:
-    """A tar read without error can still be cut at a member boundary: tarfile then stops
-    quietly. A whole tar ends in zero blocks after its last member."""
-    size = path.stat().st_size
-    if end_offset < size:
-        with open(path, "rb") as fh:
-            fh.seek(end_offset)
-            if not fh.read(1024).strip(b"\0"):
-                return None
-    return f"{path.name}: truncated: no end-of-archive marker after its last member"
+        return None, audio_problem(exc).removeprefix("audio ")
+    if info.frames == 0:
+        return info, "is empty (no samples)"
+    if info.subtype in ("FLOAT", "DOUBLE") and info.samplerate == SAMPLE_RATE:
+        _, problem = decode_into(data, np.empty(info.frames, dtype=np.float32))
+        if problem is not None:
+            return info, problem.removeprefix("audio ")
+    return info, None
 
 
 def read_shard(path: Path) -> tuple[list[dict], list[str]]:
@@ -160,24 +140,24 @@ def read_shard(path: Path) -> tuple[list[dict], list[str]]:
                     except ValueError:
                         problems.append(f"{path.name}: {key}.json is not valid JSON")
                         u["meta"] = {}
-                elif ext in AUDIO_EXTS:
+                elif ext in AUDIO_EXTENSIONS:
                     if u["ext"] is not None:
                         problems.append(f"{path.name}: {key} has two audio members")
                     u["ext"] = ext
-                    damage = _audio_damage(data)
+                    info, damage = _audio_check(data)
                     if damage is not None:
                         problems.append(f"{path.name}: {key}.{ext} {damage}")
                         continue
-                    sr, ch, frames = _audio_info(data)
-                    if sr != 16000 or ch != 1:
-                        problems.append(f"{path.name}: {key}.{ext} is {sr} Hz × {ch} ch, not 16 kHz mono")
-                    u["frames"] = frames
+                    if info.samplerate != SAMPLE_RATE or info.channels != 1:
+                        problems.append(f"{path.name}: {key}.{ext} is {info.samplerate} Hz × "
+                                        f"{info.channels} ch, not 16 kHz mono")
+                    u["frames"] = info.frames
                 else:
                     problems.append(f"{path.name}: unexpected member {ti.name}")
             end_offset = tf.offset
-        cut = _truncation(path, end_offset)
-        if cut is not None:
-            problems.append(cut)
+        with open(path, "rb") as fh:  # tarfile stops quietly at a cut between members
+            if not ends_cleanly(fh, end_offset, path.stat().st_size):
+                problems.append(f"{path.name}: truncated: no end-of-archive marker after its last member")
     except (tarfile.TarError, OSError, EOFError) as exc:
         where = f"after {order[-1]}" if order else "from its start"
         problems.append(f"{path.name}: not a readable tar: truncated or damaged {where} ({exc})")
@@ -187,8 +167,6 @@ def read_shard(path: Path) -> tuple[list[dict], list[str]]:
 def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = None,
                      recordings: pl.DataFrame | None = None) -> Report:
     """Check a ``corpus shard`` output directory (see the module docstring)."""
-    from corpus_tools import shards as sh
-
     d = Path(shard_dir)
     rep = Report(str(d))
     index_path = d / sh.INDEX_NAME
@@ -217,8 +195,7 @@ def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = N
         rep.check("plan", [] if index["name"].to_list() == plan.get("shards") else
                   [f"index lists {index.height} shards, the plan {len(plan.get('shards', []))}"],
                   "index names = planned shards")
-    present = {p.name for p in d.glob("*.tar")}
-    stray = sorted(present - set(index["name"].to_list()))
+    stray = sorted({p.name for p in d.glob("*.tar")} - set(index["name"].to_list()))
     if stray:
         rep.warnings.append(f"{len(stray)} tar file(s) not in the index, e.g. {stray[0]}")
     tmp = sorted(p.name for p in d.glob(".*.tmp")) + sorted(p.name for p in (d / sh.STATE_DIR).glob(".*.tmp"))
@@ -238,9 +215,7 @@ def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = N
             file_problems.append(f"{row['name']}: sha256 differs from the index")
         utts, probs = read_shard(p)
         tar_problems.extend(probs)
-        frames = 0
-        seconds = 0.0
-        durs = []
+        frames, seconds = 0, 0.0
         for u in utts:
             meta = u["meta"]
             if meta is None:
@@ -258,9 +233,7 @@ def verify_shard_dir(shard_dir: str | Path, *, segments: pl.DataFrame | None = N
                                      f"says {meta.get('num_frames')}")
             n = int(meta.get("num_frames") or 0)
             frames += n
-            dur = float(meta.get("duration", n / 16000))
-            seconds += dur
-            durs.append(dur)
+            seconds += float(meta.get("duration", n / SAMPLE_RATE))
             all_utts.append((row["name"], meta))
         if len(utts) != row["count"]:
             count_problems.append(f"{row['name']}: {len(utts)} utterances, index says {row['count']}")
@@ -305,7 +278,7 @@ def _shards_vs_segments(all_utts: list[tuple[str, dict]], segments: pl.DataFrame
     rep = Report("")
     seg = segments.with_columns(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start"))
                                 .alias("duration"))
-    seg = seg.filter((pl.col("duration") * 16000).round() > 0)  # the writer skips empty ones
+    seg = seg.filter((pl.col("duration") * SAMPLE_RATE).round() > 0)  # the writer skips empty ones
     want = {r["segment_id"]: r for r in seg.select("segment_id", "start", "end", "duration")
             .iter_rows(named=True)}
     got = {m.get("id"): m for _, m in all_utts}
@@ -362,9 +335,6 @@ def verify_workdir(workdir: str | Path, *, methods: list[str] | None = None,
                    shards: str | Path | None = None) -> Report:
     """Check a work directory's manifests (and, with ``shards``, a shard directory against
     the segments of ``methods[0]`` or of the only method present)."""
-    from corpus_tools.manifests import (RECORDINGS_SCHEMA, SEGMENTS_SCHEMA, ManifestError, WorkDir,
-                                        read_manifest, validate)
-
     wd = WorkDir(workdir)
     rep = Report(str(wd.root))
     try:
@@ -375,24 +345,22 @@ def verify_workdir(workdir: str | Path, *, methods: list[str] | None = None,
     probs = []
     if recs["recording_id"].null_count() or not recs["recording_id"].is_unique().all():
         probs.append("recording_id is null or not unique")
-    bad_status = recs.filter(~pl.col("status").is_in(["ok", "failed", "filtered"]))
-    if bad_status.height:
-        probs.append(f"{bad_status.height} row(s) with an unknown status")
-    no_dur = recs.filter((pl.col("status") == "ok") & (pl.col("duration").is_null() | (pl.col("duration") <= 0)))
-    if no_dur.height:
-        probs.append(f"{no_dur.height} ok recording(s) without a duration")
-    no_reason = recs.filter((pl.col("status") != "ok") & pl.col("reason").is_null())
-    if no_reason.height:
-        probs.append(f"{no_reason.height} failed/filtered recording(s) without a reason")
+    status, duration = pl.col("status"), pl.col("duration")
+    for rows, what in ((~status.is_in(["ok", "failed", "filtered"]), "row(s) with an unknown status"),
+                       ((status == "ok") & (duration.is_null() | (duration <= 0)),
+                        "ok recording(s) without a duration"),
+                       ((status != "ok") & pl.col("reason").is_null(),
+                        "failed/filtered recording(s) without a reason")):
+        if n := recs.filter(rows).height:
+            probs.append(f"{n} {what}")
     ok = recs.filter(pl.col("status") == "ok")
     rep.check("recordings", probs, f"{recs.height} rows, {ok.height} ok "
                                    f"({float(ok['duration'].sum() or 0) / 3600:.3f} h)")
     rep.totals.update(recordings=recs.height, recordings_ok=ok.height)
 
     present = wd.methods_present()
-    chosen = methods or present
     seg_frames: dict[str, pl.DataFrame] = {}
-    for m in chosen:
+    for m in methods or present:
         path = wd.segments(m)
         if not path.is_file():
             rep.check(f"segments/{m}", [f"{path} missing (present: {', '.join(present) or 'none'})"])

@@ -68,3 +68,19 @@ def tiny_demucs(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("demucs") / "tiny_htdemucs.th"
     torch.save(package, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory) -> str:
+    """Shards of real speech (40 pieces of pyannote's sample.wav) for the bad-data tests."""
+    from shard_damage import speech_shards
+
+    return speech_shards(tmp_path_factory.mktemp("clean") / "shards")
+
+
+@pytest.fixture(scope="module")
+def damaged(clean, tmp_path_factory) -> dict:
+    """A copy of ``clean`` with every kind of damage (see tests/shard_damage.py)."""
+    from shard_damage import damage_folder
+
+    return damage_folder(clean, tmp_path_factory.mktemp("damaged") / "shards")

@@ -14,19 +14,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from corpora import sample_shards
+
 SR = 16_000
 
 
 def speech_shards(out: str | Path, n: int = 40, per_shard: int = 10) -> str:
     """``n`` pieces (2–6 s) of a real two-speaker recording in shards of ``per_shard``."""
-    import polars as pl
-
-    from corpus_tools.shards import write_shards
-    from test_pretrain import _pieces, _sample_wav
-
-    write_shards(pl.DataFrame(_pieces(_sample_wav(), 0.0, n, "sp")), out, samples_per_shard=per_shard,
-                 progress=False)
-    return str(out)
+    return sample_shards(out, n, "sp", per_shard)
 
 
 def tar_members(path: str | Path) -> list[tuple[str, bytes]]:

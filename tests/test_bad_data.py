@@ -13,19 +13,9 @@ import re
 import pytest
 import torch
 
-from shard_damage import damage_folder, speech_shards, wrong_folder
+from shard_damage import wrong_folder
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> str:
-    return speech_shards(tmp_path_factory.mktemp("clean") / "shards")
-
-
-@pytest.fixture(scope="module")
-def damaged(clean, tmp_path_factory) -> dict:
-    return damage_folder(clean, tmp_path_factory.mktemp("damaged") / "shards")
 
 
 def skipped_of(batches) -> list[dict]:
@@ -38,7 +28,7 @@ def skipped_of(batches) -> list[dict]:
 def test_stream_skips_every_kind_of_bad_member_and_names_it(damaged):
     """One epoch over the damaged folder: every good utterance once, every bad one skipped with
     one event naming its shard, key and reason; the truncated shard keeps what precedes the cut."""
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     batches = list(ShardBatchStream(damaged["dir"], 8.0, infinite=False, shuffle=False))
     keys = [k for b in batches for k in b.keys]
@@ -59,7 +49,7 @@ def test_stream_skips_every_kind_of_bad_member_and_names_it(damaged):
 def test_a_wholly_bad_batch_is_an_empty_batch_at_its_index(clean, tmp_path):
     """Garbage audio behind valid json: the batches keep their positions (exact resume counts
     batches), each one empty and carrying its skip events."""
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     bad = wrong_folder(clean, tmp_path / "wrong", "audio")
     ref = list(ShardBatchStream(clean, 8.0, infinite=False, seed=2))
@@ -77,7 +67,7 @@ def test_a_wholly_bad_batch_is_an_empty_batch_at_its_index(clean, tmp_path):
 def test_exact_resume_over_bad_members(damaged, workers):
     """An infinite stream over damaged shards resumed at batch 7 continues with the same
     batches and the same skip events, also through DataLoader worker processes."""
-    from corpus_tools.reader import ShardBatchStream, make_loader
+    from corpus_tools.data.stream import ShardBatchStream, make_loader
 
     def take(start: int, n: int):
         it = iter(make_loader(ShardBatchStream(damaged["dir"], 6.0, seed=4, start_batch=start), workers))

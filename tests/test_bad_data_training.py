@@ -10,35 +10,16 @@ set), damaged by ``tests/shard_damage.py``.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import textwrap
-from pathlib import Path
 
 import pytest
 import torch
 
-from shard_damage import damage_folder, keys_of, replace_member, speech_shards, wrong_folder
+from corpora import cli, pretrain_worker, read_log, run_ddp_worker
+from shard_damage import keys_of, replace_member, wrong_folder
 
+pytestmark = pytest.mark.slow  # every test trains (in a subprocess or under torchrun)
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory) -> str:
-    return speech_shards(tmp_path_factory.mktemp("clean") / "shards")
-
-
-@pytest.fixture(scope="module")
-def damaged(clean, tmp_path_factory) -> dict:
-    return damage_folder(clean, tmp_path_factory.mktemp("damaged") / "shards")
-
-
-def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], env=ENV, capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
 
 
 def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
@@ -48,10 +29,6 @@ def assert_no_traceback(proc: subprocess.CompletedProcess) -> None:
 def error_lines(stderr: str) -> list[str]:
     """stderr without the per-utterance warnings (and the harmless library noise)."""
     return [line for line in stderr.splitlines() if line.strip() and "warning" not in line.lower()]
-
-
-def read_log(run_dir) -> list[dict]:
-    return [json.loads(x) for x in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
 
 
 # -- trainer pretrain -----------------------------------------------------------------------
@@ -93,35 +70,18 @@ def test_wrong_folder_stops_at_the_limit_with_one_line(clean, tmp_path, what):
     assert not list((run / "checkpoints").glob("step_*.pt")) if (run / "checkpoints").exists() else True
 
 
-DDP_WORKER = textwrap.dedent("""
-    import os, sys, torch
-    torch.set_num_threads(1)
-    from trainer.pretrain import PretrainArgs, pretrain
-    shards, out = sys.argv[1], sys.argv[2]
-    calls = []
-
+DDP_WORKER = pretrain_worker("steps=6, batch_seconds=6.0, accumulation=2, log_every=3, ckpt_every=6, "
+                             "max_bad_fraction=0.5, transform=empty_second_batch_on_rank1", """
     def empty_second_batch_on_rank1(utts, rng):
         calls.append(1)
         return [] if (os.environ["RANK"] == "1" and len(calls) == 2) else utts
-
-    result = pretrain(PretrainArgs(shards=shards, out=out, config="tiny", steps=6, batch_seconds=6.0,
-                                   accumulation=2, log_every=3, ckpt_every=6, quiet=False, num_workers=0,
-                                   max_bad_fraction=0.5, transform=empty_second_batch_on_rank1))
-    torch.save(result["model"].state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
 """)
 
 
 def test_torchrun_ranks_stay_in_step_when_one_skips(damaged, tmp_path):
     """2 ranks (gloo) over damaged shards, one rank with a wholly empty micro-batch: no hang, the
     same weights on both ranks, the bad utterances of both ranks counted."""
-    worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER)
-    out = tmp_path / "ddp"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(worker), damaged["dir"],
-                           str(out)], env=ENV, capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    _, out, a, b = run_ddp_worker(DDP_WORKER, tmp_path, damaged["dir"], timeout=240)
     for key in a:
         assert torch.equal(a[key], b[key]), key
         assert torch.isfinite(a[key]).all(), key

@@ -11,7 +11,6 @@ import fractions
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,23 +18,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from test_pretrain import _pieces, _sample_wav
+from corpora import cli, sample_shards
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    import polars as pl
-
-    from corpus_tools.shards import write_shards
-
-    out = tmp_path_factory.mktemp("ckpt-shards") / "train"
-    rows = [dict(r, text="hello world") for r in _pieces(_sample_wav(), 0.0, 24, "ck")]
-    write_shards(pl.DataFrame(rows), out, samples_per_shard=12, progress=False)
-    return str(out)
+    return sample_shards(tmp_path_factory.mktemp("ckpt-shards") / "train", 24, "ck", 12, text="hello world")
 
 
 def tiny(shards, out, **kw):
@@ -59,6 +49,7 @@ def flat(output: str) -> str:
 # -- resume from the newest readable checkpoint -------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "wrong content"])
 def test_resume_sets_a_damaged_newest_checkpoint_aside(shards, tmp_path, damage):
     """The newest checkpoint is cut short (or is not a training checkpoint): `--resume` reports it,
@@ -75,11 +66,9 @@ def test_resume_sets_a_damaged_newest_checkpoint_aside(shards, tmp_path, damage)
         newest.write_bytes(data[: len(data) // 2])
     else:
         torch.save({"hello": "world"}, newest)
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "pretrain", "--shards", shards, "--out", str(run),
-                           "--config", "tiny", "--steps", "8", "--batch-seconds", "6", "--ckpt-every", "2",
-                           "--keep-checkpoints", "3", "--schedule", "two_stage", "--seed", "5", "--log-every", "1",
-                           "--num-workers", "0", "--resume"],
-                          env=ENV, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = cli("trainer.cli", "pretrain", "--shards", shards, "--out", str(run), "--config", "tiny", "--steps", "8",
+               "--batch-seconds", "6", "--ckpt-every", "2", "--keep-checkpoints", "3", "--schedule", "two_stage",
+               "--seed", "5", "--log-every", "1", "--num-workers", "0", "--resume")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 0, proc.stderr[-3000:]
     said = flat(proc.stdout + proc.stderr)
@@ -89,6 +78,7 @@ def test_resume_sets_a_damaged_newest_checkpoint_aside(shards, tmp_path, damage)
     assert train_losses(run) == train_losses(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_resume_with_only_damaged_checkpoints_is_refused(shards, tmp_path):
     from trainer.pretrain import pretrain
 
@@ -102,6 +92,7 @@ def test_resume_with_only_damaged_checkpoints_is_refused(shards, tmp_path):
     assert (run / "log.jsonl").read_text() == log, "the log of the damaged run is kept"
 
 
+@pytest.mark.slow
 def test_a_damaged_init_or_ckpt_is_one_line(shards, tmp_path):
     """--init / --ckpt / export of a truncated file: one error line naming it, exit 2."""
     from trainer.cli import app
@@ -142,6 +133,7 @@ def _fail_second_save(monkeypatch):
     monkeypatch.setattr(torch, "save", save)
 
 
+@pytest.mark.slow
 def test_full_disk_during_save_keeps_the_previous_checkpoint(shards, tmp_path, monkeypatch):
     from trainer.cli import app
 
@@ -162,6 +154,7 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(shards, tmp_path, m
     assert load_checkpoint(run / "checkpoints" / "step_000000002.pt")["step"] == 2
 
 
+@pytest.mark.slow
 def test_full_tmpfs_during_save(shards, tmp_path):
     """The same on a real full file system (a 2 MiB tmpfs holds one tiny checkpoint, not two)."""
     import shutil
@@ -175,10 +168,9 @@ def test_full_tmpfs_during_save(shards, tmp_path):
     if res.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
     try:
-        proc = subprocess.run([sys.executable, "-m", "trainer.cli", "pretrain", "--shards", shards, "--out",
-                               str(tmp_path / "run"), "--config", "tiny", "--steps", "6", "--batch-seconds", "6",
-                               "--ckpt-every", "2", "--keep-checkpoints", "1", "--num-workers", "0", "--quiet"],
-                              env=ENV, capture_output=True, text=True, timeout=300, cwd=REPO)
+        proc = cli("trainer.cli", "pretrain", "--shards", shards, "--out", str(tmp_path / "run"), "--config", "tiny",
+                   "--steps", "6", "--batch-seconds", "6", "--ckpt-every", "2", "--keep-checkpoints", "1",
+                   "--num-workers", "0", "--quiet")
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert proc.returncode != 0
         assert "no space left" in proc.stderr.lower(), proc.stderr[-2000:]
@@ -214,6 +206,7 @@ def evil(tmp_path) -> tuple[Path, Path]:
     return path, marker
 
 
+@pytest.mark.slow
 def test_a_pickle_that_runs_code_is_refused_everywhere(evil, shards, tmp_path):
     from trainer.cli import app
 
@@ -235,6 +228,7 @@ def test_a_pickle_that_runs_code_is_refused_everywhere(evil, shards, tmp_path):
         assert "--trust-checkpoint" in flat(res.output), (name, res.output)
 
 
+@pytest.mark.slow
 def test_a_pickle_in_the_run_dir_is_not_run_on_resume(evil, shards, tmp_path):
     from trainer.pretrain import pretrain
 
@@ -247,6 +241,7 @@ def test_a_pickle_in_the_run_dir_is_not_run_on_resume(evil, shards, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_trust_checkpoint_opts_in(shards, tmp_path):
     """A checkpoint holding a type outside the allow-list: refused, loaded with --trust-checkpoint."""
     from trainer.cli import app
@@ -325,6 +320,7 @@ def test_fairseq_checkpoint_with_omegaconf_cfg_loads_weights_only(tmp_path, load
         assert got.cfg.temperature == [2, 0.5, 0.999995]
 
 
+@pytest.mark.slow
 def test_hf_bin_and_our_checkpoints_load_weights_only(shards, tmp_path, load_spy):
     """HF `pytorch_model.bin`, our training checkpoints (plain types only, no numpy objects) and
     checkpoints of the earlier format (numpy RNG state) all load with weights_only=True."""

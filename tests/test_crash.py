@@ -9,7 +9,6 @@ whole process group is killed, like an OOM killer or a pulled plug would.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import signal
@@ -24,12 +23,13 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
+import corpora
 from corpus_tools.audio import load_audio, write_audio
 from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir
 from corpus_tools.samples import add_bad_files, alsa_clips, music_files, pyannote_sample_dir
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 cli = CliRunner()
 SR = 16_000
@@ -44,9 +44,7 @@ def ok(args: list):
 
 def tree(d: Path) -> dict[str, str]:
     """Relative path → sha256 of every file not hidden (temp files of killed runs are)."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob("*")) if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(d).parts)}
+    return corpora.file_tree(d)
 
 
 def kill_during(args: list, progress: Callable[[], int], after: int | None, delay: float,
@@ -197,9 +195,8 @@ def test_killed_sharding_resumes_to_identical_bytes(archive, tmp_path):
 def test_killed_stem_run_resumes_to_identical_files(tiny_demucs, tmp_path):
     rng = random.Random(SEED + 3)
     music = music_files()
-    pl.DataFrame([{"segment_id": f"fma/{i}", "recording_id": f"fma{i}", "path": str(music[i % len(music)]),
-                   "start": 40.0 + i, "end": 42.5 + i, "duration": 2.5, "genre": "Test"}
-                  for i in range(4)]).write_parquet(tmp_path / "fma.parquet")
+    corpora.music_manifest(tmp_path, [(f"fma/{i}", f"fma{i}", music[i % len(music)], 40.0 + i, 42.5 + i)
+                                      for i in range(4)])
     base = ["stem", tmp_path / "fma.parquet", "--demucs-model", tiny_demucs, "--device", "cpu",
             "--batch-size", "1", "--threads", "1"]
     ok(base + ["-o", tmp_path / "ref"])

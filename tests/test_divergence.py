@@ -6,39 +6,21 @@ fine-tuning and under DDP (the ranks agree); `corpus report` marks diverged runs
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from test_pretrain import _pieces, _sample_wav
+from corpora import cli, pretrain_worker, read_log, run_ddp_worker, sample_shards, torchrun
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
-ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> str:
-    import polars as pl
-
-    from corpus_tools.shards import write_shards
-
-    out = tmp_path_factory.mktemp("div-shards") / "train"
-    rows = [dict(r, text="yes no") for r in _pieces(_sample_wav(), 0.0, 24, "dv")]
-    write_shards(pl.DataFrame(rows), out, samples_per_shard=12, progress=False)
-    return str(out)
-
-
-def read_log(run) -> list[dict]:
-    return [json.loads(x) for x in (Path(run) / "log.jsonl").read_text().splitlines()]
+    return sample_shards(tmp_path_factory.mktemp("div-shards") / "train", 24, "dv", 12, text="yes no")
 
 
 def all_finite(path: Path) -> bool:
@@ -46,14 +28,13 @@ def all_finite(path: Path) -> bool:
     return all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_lr_1e3_stops_as_diverged(shards, tmp_path):
     """The user's case: `--lr 1e3` logged `loss nan` for every step, saved NaN weights and exited 0."""
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "pretrain", "--shards", shards, "--out", str(run),
-                           "--config", "tiny", "--steps", "80", "--lr", "1e3", "--batch-seconds", "8",
-                           "--log-every", "5", "--ckpt-every", "2", "--keep-checkpoints", "100",
-                           "--num-workers", "0"],
-                          env=ENV, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = cli("trainer.cli", "pretrain", "--shards", shards, "--out", str(run), "--config", "tiny", "--steps", "80",
+               "--lr", "1e3", "--batch-seconds", "8", "--log-every", "5", "--ckpt-every", "2",
+               "--keep-checkpoints", "100", "--num-workers", "0")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 3, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
     assert "done" not in proc.stdout
@@ -72,6 +53,7 @@ def test_lr_1e3_stops_as_diverged(shards, tmp_path):
         assert all_finite(f), f"{f.name} holds non-finite weights"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_divergence_is_detected_under_autocast(shards, tmp_path, precision):
     from trainer.guard import DivergedError
@@ -87,6 +69,7 @@ def test_divergence_is_detected_under_autocast(shards, tmp_path, precision):
         assert all_finite(f), f.name
 
 
+@pytest.mark.slow
 def test_one_non_finite_step_is_skipped_not_applied(shards, tmp_path):
     """NaN audio in the 4th batch (after the reader's checks, through a transform): step 4 changes
     no weight and no optimizer state, is counted, and training goes on. The step counter (and with
@@ -151,6 +134,7 @@ def test_a_checkpoint_is_never_written_with_non_finite_weights(tmp_path):
         check_finite_weights(model, step=7)
 
 
+@pytest.mark.slow
 def test_finetune_diverges_with_one_line(shards, tmp_path):
     from trainer.model import Wav2Vec2ForPreTraining, load_config
     from trainer.checkpoint import atomic_save
@@ -158,12 +142,10 @@ def test_finetune_diverges_with_one_line(shards, tmp_path):
     model = Wav2Vec2ForPreTraining(load_config("tiny"))
     atomic_save({"config": model.cfg.to_dict(), "model": model.state_dict()}, tmp_path / "init.pt")
     run = tmp_path / "ft"
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "finetune", "--train", shards, "--init",
-                           str(tmp_path / "init.pt"), "--out", str(run), "--steps", "60", "--lr", "1e4",
-                           "--batch-seconds", "8", "--freeze-transformer-steps", "0", "--log-every", "5",
-                           "--ckpt-every", "3", "--keep-checkpoints", "100", "--num-workers", "0",
-                           "--max-bad-steps", "5"],
-                          env=ENV, capture_output=True, text=True, timeout=300, cwd=REPO)
+    proc = cli("trainer.cli", "finetune", "--train", shards, "--init", str(tmp_path / "init.pt"), "--out", str(run),
+               "--steps", "60", "--lr", "1e4", "--batch-seconds", "8", "--freeze-transformer-steps", "0",
+               "--log-every", "5", "--ckpt-every", "3", "--keep-checkpoints", "100", "--num-workers", "0",
+               "--max-bad-steps", "5")
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.returncode == 3, (proc.returncode, proc.stdout[-1500:], proc.stderr[-1500:])
     assert re.match(r"error: diverged at step \d+", proc.stderr.strip().splitlines()[-1])
@@ -172,36 +154,19 @@ def test_finetune_diverges_with_one_line(shards, tmp_path):
         assert all_finite(f), f.name
 
 
-DDP_WORKER = textwrap.dedent("""
-    import os, sys, numpy as np, torch
-    torch.set_num_threads(1)
-    from trainer.pretrain import PretrainArgs, pretrain
-    shards, out = sys.argv[1], sys.argv[2]
-    calls = []
-
+DDP_WORKER = pretrain_worker("steps=4, batch_seconds=6.0, log_every=2, ckpt_every=4, transform=nan_on_rank1_step2", """
     def nan_on_rank1_step2(utts, rng):
         calls.append(1)
         if os.environ["RANK"] == "1" and len(calls) == 2:
             utts[0].audio = np.full_like(utts[0].audio, np.nan)
         return utts
-
-    result = pretrain(PretrainArgs(shards=shards, out=out, config="tiny", steps=4, batch_seconds=6.0,
-                                   log_every=2, ckpt_every=4, quiet=False, num_workers=0,
-                                   transform=nan_on_rank1_step2))
-    torch.save(result["model"].state_dict(), os.path.join(out, f"rank{os.environ['RANK']}.pt"))
 """)
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_agree_to_skip(shards, tmp_path):
     """A non-finite loss on rank 1 only: both ranks skip that step and keep equal weights."""
-    worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER)
-    out = tmp_path / "ddp"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(worker), shards, str(out)],
-                          env=ENV, capture_output=True, text=True, timeout=240, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    _, out, a, b = run_ddp_worker(DDP_WORKER, tmp_path, shards, timeout=240)
     for key in a:
         assert torch.equal(a[key], b[key]), key
         assert torch.isfinite(a[key]).all(), key
@@ -209,16 +174,14 @@ def test_torchrun_ranks_agree_to_skip(shards, tmp_path):
     assert [(r["step"], r["skipped_steps"]) for r in train] == [(2, 1), (4, 0)], train
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_stop_together_when_diverged(shards, tmp_path):
     """`--lr 1e3` under torchrun (2 gloo ranks): both ranks stop at the same step, no hang, the
     diverged line once (rank 0), a non-zero exit and finite weights in every checkpoint."""
     run = tmp_path / "ddp"
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "trainer.cli", "pretrain",
-                           "--shards", shards, "--out", str(run), "--config", "tiny", "--steps", "60", "--lr", "1e3",
-                           "--batch-seconds", "6", "--log-every", "5", "--ckpt-every", "2", "--keep-checkpoints",
-                           "100", "--num-workers", "0", "--max-bad-steps", "5"],
-                          env=ENV, capture_output=True, text=True, timeout=240, cwd=REPO)
+    proc = torchrun("-m", "trainer.cli", "pretrain", "--shards", shards, "--out", str(run), "--config", "tiny",
+                    "--steps", "60", "--lr", "1e3", "--batch-seconds", "6", "--log-every", "5", "--ckpt-every", "2",
+                    "--keep-checkpoints", "100", "--num-workers", "0", "--max-bad-steps", "5", timeout=240)
     assert proc.returncode != 0, proc.stdout[-2000:]
     lines = [x for x in proc.stderr.splitlines() if "error: diverged at step" in x]
     assert len(lines) == 1, proc.stderr[-3000:]
@@ -230,7 +193,7 @@ def test_torchrun_ranks_stop_together_when_diverged(shards, tmp_path):
 
 def test_report_marks_diverged_runs(tmp_path):
     """`corpus report` marks a diverged run like the thesis' tables: DIV / ∗."""
-    from corpus_tools.report import run_summary
+    from corpus_tools.runs import run_summary
 
     ok = [{"split": "train", "step": 10, "loss": 3.0, "contrastive": 2.0, "hours_seen": 0.1},
           {"split": "val", "step": 10, "loss": 2.5}]

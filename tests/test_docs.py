@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import typer
 from typer.testing import CliRunner
+
+import corpora
+from corpora import speech
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -291,100 +293,69 @@ NL_SENTENCES = ["de kat zit op de mat", "het regent vandaag in amsterdam", "wij 
 
 
 def _speech(text: str, voice: str) -> np.ndarray:
-    from corpus_tools.samples import espeak
-
-    return (espeak(text, voice) * 0.7).astype(np.float32)
+    return speech(text, voice, gain=0.7)
 
 
 def build_librispeech(root: Path) -> None:
     """LibriSpeech/train-clean-100: 2 speakers × 2 chapters × 3 utterances of espeak English."""
-    split = root / "LibriSpeech" / "train-clean-100"
-    k = 0
+    chapters, k = {}, 0
     for spk, voice in (("103", "en-us"), ("1034", "en+m3")):
         for chap in (f"{spk}1", f"{spk}2"):
-            folder = split / spk / chap
-            folder.mkdir(parents=True)
-            lines = []
-            for u in range(3):
-                uid = f"{spk}-{chap}-{u:04d}"
-                text = EN_SENTENCES[k % len(EN_SENTENCES)]
-                k += 1
-                sf.write(folder / f"{uid}.flac", _speech(text, voice), SR, subtype="PCM_16")
-                lines.append(f"{uid} {text.upper()}")
-            (folder / f"{spk}-{chap}.trans.txt").write_text("\n".join(lines) + "\n")
+            texts = [EN_SENTENCES[(k + u) % len(EN_SENTENCES)] for u in range(3)]
+            chapters[(spk, chap)] = [(text.upper(), _speech(text, voice)) for text in texts]
+            k += 3
+    corpora.librispeech(root / "LibriSpeech", {"train-clean-100": chapters})
 
 
 def build_mls(root: Path) -> None:
     """mls_dutch/{train,dev,test}/audio/SPK/BOOK/SPK_BOOK_UTT.flac + transcripts.txt."""
-    base = root / "mls_dutch"
-    k = 0
+    splits, k = {}, 0
     for split, n in (("train", 4), ("dev", 2), ("test", 2)):
-        lines = []
+        splits[split] = []
         for u in range(n):
             spk, book, voice = (("1001", "77", "nl"), ("2002", "88", "nl+f2"))[u % 2]
-            uid = f"{spk}_{book}_{k:06d}"
             text = NL_SENTENCES[k % len(NL_SENTENCES)]
+            splits[split].append((spk, book, k, text, _speech(text, voice)))
             k += 1
-            path = base / split / "audio" / spk / book / f"{uid}.flac"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            sf.write(path, _speech(text, voice), SR, subtype="PCM_16")
-            lines.append(f"{uid}\t{text}")
-        (base / split / "transcripts.txt").write_text("\n".join(lines) + "\n")
-
-
-CV_HEADER = ("client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\t"
-             "age\tgender\taccents\tvariant\tlocale\tsegment")
+    corpora.mls(root / "mls_dutch", splits)
 
 
 def build_commonvoice(root: Path) -> None:
     """cv-nl/{train,dev,test}.tsv + clips/*.mp3 (Common Voice v18 layout)."""
-    base = root / "cv-nl"
-    (base / "clips").mkdir(parents=True)
-    k = 0
+    clips, lists, k = {}, {}, 0
     for split, n in (("train", 3), ("dev", 1), ("test", 1)):
-        rows = [CV_HEADER]
+        lists[split] = []
         for _ in range(n):
             clip = f"common_voice_nl_{k}.mp3"
             text = NL_SENTENCES[(k + 2) % len(NL_SENTENCES)]
-            sf.write(base / "clips" / clip, _speech(text, "nl+m3"), SR, format="MP3", subtype="MPEG_LAYER_III")
-            rows.append("\t".join([f"client{k % 2}", clip, f"s{k}", text.capitalize() + ".", "", "2", "0",
-                                   "", "", "", "", "nl", ""]))
+            clips[clip] = _speech(text, "nl+m3")
+            lists[split].append(corpora.cv_row(f"client{k % 2}", clip, text.capitalize() + ".", sentence_id=f"s{k}"))
             k += 1
-        (base / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+    corpora.commonvoice(root / "cv-nl", clips, lists)
 
 
 def build_musan(root: Path) -> None:
     """musan/noise/free-sound/*.wav: white and brown noise."""
-    folder = root / "musan" / "noise" / "free-sound"
-    folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    sf.write(folder / "noise-free-sound-0000.wav", (0.05 * rng.standard_normal(4 * SR)).astype(np.float32), SR)
+    white = (0.05 * rng.standard_normal(4 * SR)).astype(np.float32)
     brown = np.cumsum(rng.standard_normal(3 * SR)) * 2e-3
-    sf.write(folder / "noise-free-sound-0001.wav", (brown - brown.mean()).astype(np.float32), SR)
-    (folder / "ANNOTATIONS").write_text("")
-    (folder / "LICENSE").write_text("CC BY 3.0\n")
+    corpora.musan(root / "musan", {("noise", "free-sound"): {
+        "noise-free-sound-0000": white, "noise-free-sound-0001": (brown - brown.mean()).astype(np.float32)}},
+        files={("noise", "free-sound"): {"ANNOTATIONS": "", "LICENSE": "CC BY 3.0\n"}})
 
 
 def build_fma(root: Path) -> None:
     """fma/fma_large/000/*.mp3 (6 s excerpts of the Debian asc-music tracks) + fma_metadata/."""
     from corpus_tools.samples import music_files
 
-    base = root / "fma"
-    out = base / "fma_large" / "000"
-    out.mkdir(parents=True)
-    tracks = (2, 5)
-    for tid, src in zip(tracks, music_files()):
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "20", "-t", "6", "-i", str(src),
-                        "-ac", "1", "-ar", "22050", "-c:a", "libmp3lame", str(out / f"{tid:06d}.mp3")], check=True)
-    meta = base / "fma_metadata"
-    meta.mkdir()
-    (meta / "tracks.csv").write_text(
-        ",album,artist,set,set,track,track,track,track\n"
-        ",title,name,split,subset,genre_top,genres,genres_all,title\n"
-        "track_id,,,,,,,,\n"
-        "2,Demo,ASC,training,large,Soundtrack,[1],[1],One\n"
-        "5,Demo,ASC,training,large,Soundtrack,[1],[1],Two\n")
-    (meta / "genres.csv").write_text("genre_id,#tracks,parent,title,top_level\n1,2,0,Soundtrack,1\n")
+    def excerpt(src: Path):
+        return lambda path: subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", "20", "-t", "6",
+                                            "-i", str(src), "-ac", "1", "-ar", "22050", "-c:a", "libmp3lame",
+                                            str(path)], check=True)
+
+    corpora.fma(root / "fma", {tid: excerpt(src) for tid, src in zip((2, 5), music_files())},
+                ["2,Demo,ASC,training,large,Soundtrack,[1],[1],One",
+                 "5,Demo,ASC,training,large,Soundtrack,[1],[1],Two"], ["1,2,0,Soundtrack,1"])
 
 
 @pytest.fixture(scope="module")
@@ -435,6 +406,8 @@ def run_example(cmd: str, root: Path, env: dict[str, str], mp: pytest.MonkeyPatc
     return res.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_runnable_examples(sandbox):
     """Every console/python example of cli.md, walkthrough.md and reproduce.md runs, in order."""
     env = dict(os.environ, PWD=str(sandbox), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")

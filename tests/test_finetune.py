@@ -8,28 +8,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from trainer.finetune import FinetuneArgs, draw_subset, finetune, prepare_training_data
+from corpora import espeak_file, run_ddp_worker
+from corpus_tools.subset import draw_subset, prepare_training_data
+from trainer.finetune import FinetuneArgs, finetune
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
 WORDS = ["yes", "no", "up", "down", "stop", "go"]
-
-
-def _espeak(text: str, path: Path, voice: str, speed: int, pitch: int) -> float:
-    import soundfile as sf
-
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w", str(path), text], check=True,
-                   capture_output=True)
-    return sf.info(str(path)).duration
 
 
 def _rows(root: Path, pairs, prefix: str, voice: str = "en") -> list[dict]:
@@ -37,7 +27,7 @@ def _rows(root: Path, pairs, prefix: str, voice: str = "en") -> list[dict]:
     for i, (a, b) in enumerate(pairs):
         text = f"{a.capitalize()}, {b}!"  # punctuation and case exercise the normalisation
         path = root / f"{prefix}{i:02d}.wav"
-        d = _espeak(text, path, voice, 150 + 10 * (i % 3), 40 + 5 * (i % 4))
+        d = espeak_file(path, text, voice, 150 + 10 * (i % 3), 40 + 5 * (i % 4))
         rows.append(dict(segment_id=f"{prefix}{i:02d}", recording_id=f"{prefix}{i:02d}", path=str(path), start=0.0,
                          end=d, duration=d, text=text, speaker="espeak", method="test", language=voice,
                          session="s"))
@@ -92,6 +82,7 @@ def trained(data, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_finetuning_drives_ctc_loss_down_and_output_away_from_blank(trained):
     train = read_log(trained)
     assert train[0]["frozen"] and not train[-1]["frozen"]
@@ -106,6 +97,7 @@ def test_finetuning_drives_ctc_loss_down_and_output_away_from_blank(trained):
     assert best["kind"] == "ctc" and best["vocab"][:3] == ["<blank>", "|", "'"]
 
 
+@pytest.mark.slow
 def test_schedule_freezing_and_exact_resume(data, tmp_path):
     """CNN never changes; the transformer only after the freeze; a resumed run matches bit for bit."""
     from trainer.ctc import load_ctc_model, init_ctc_model
@@ -140,6 +132,7 @@ def test_schedule_freezing_and_exact_resume(data, tmp_path):
     assert [r["loss"] for r in read_log(part)][7:] == [r["loss"] for r in read_log(full)][7:]
 
 
+@pytest.mark.slow
 def test_evaluate_matches_jiwer_and_lm_decoding_runs(data, trained, tmp_path):
     import jiwer
     from typer.testing import CliRunner
@@ -198,6 +191,7 @@ def test_lm_beam_search_on_known_emissions(tmp_path):
     assert decoder(logits, lengths) == ["yes no maybe"]
 
 
+@pytest.mark.slow
 def test_export_to_hugging_face_ctc_gives_the_same_logits(data, tmp_path):
     from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
@@ -228,6 +222,7 @@ def test_export_to_hugging_face_ctc_gives_the_same_logits(data, tmp_path):
     assert processor.tokenizer("zo'n boek").input_ids == [28, 17, 2, 16, 1, 4, 17, 7, 13]
 
 
+@pytest.mark.slow
 def test_init_from_hugging_face_folder_and_ctc_checkpoint(data, tmp_path):
     from trainer.checkpoint import load_model
     from trainer.ctc import init_ctc_model
@@ -249,7 +244,7 @@ def test_init_from_hugging_face_folder_and_ctc_checkpoint(data, tmp_path):
 def test_label_subsets(data, tmp_path):
     from typer.testing import CliRunner
 
-    from corpus_tools.reader import list_shards, read_shard_records
+    from corpus_tools.data.tar_index import list_shards, read_shard_records
     from trainer.cli import app
 
     durations = [1.0] * 100
@@ -278,7 +273,7 @@ def test_label_subsets(data, tmp_path):
 
 def test_a_split_within_five_percent_of_the_budget_is_used_whole(data, tmp_path):
     """train-clean-100 holds 100.6 h: the 100 h preset must train on all of it, not a random 99.4 %."""
-    from corpus_tools.reader import list_shards, read_shard_records
+    from corpus_tools.data.tar_index import list_shards, read_shard_records
 
     for src in (data["train"], data["manifest"]):
         said = []
@@ -326,7 +321,8 @@ def test_cli_help_and_bad_input(data, tmp_path):
 
 
 def test_preset_settings():
-    from trainer.finetune import load_preset, resolve_settings
+    from trainer.finetune import resolve_settings
+    from trainer.presets import load_preset
 
     steps = {p: load_preset(p)["train"]["steps"] for p in ("10m", "1h", "10h", "100h", "960h")}
     assert steps == {"10m": 12000, "1h": 13000, "10h": 20000, "100h": 80000, "960h": 320000}
@@ -349,20 +345,13 @@ DDP_WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_unfrozen_transformer_stays_synchronised(data, tmp_path):
     """Each rank sees different batches; after the unfreeze the transformer must still be all-reduced."""
     from trainer.ctc import init_ctc_model
 
-    worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER)
-    out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(worker), data["train"],
-                           data["init"], str(out)], env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc, out, a, b = run_ddp_worker(DDP_WORKER, tmp_path, data["train"], data["init"], timeout=180)
     assert "step 2: transformer unfrozen" in proc.stdout
-    a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     init = init_ctc_model(data["init"]).state_dict()
     key = "wav2vec2.context.layers.1.attention.qkv.weight"
     assert not torch.equal(a[key], init[key]), "the transformer trained after the unfreeze"
@@ -375,7 +364,7 @@ def test_labels_come_from_training_rows_only(data, tmp_path):
     and a manifest with no train rows is refused with one clear line."""
     import polars as pl
 
-    from corpus_tools.reader import list_shards, read_shard_records
+    from corpus_tools.data.tar_index import list_shards, read_shard_records
 
     df = pl.read_parquet(data["manifest"])
     mixed = df.with_columns(pl.when(pl.int_range(pl.len()) < 10).then(pl.lit("dev")).otherwise(pl.lit("train"))

@@ -28,7 +28,7 @@ from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir, read_recordings, read_segments
 from corpus_tools.samples import add_bad_files, music_files, pyannote_sample_dir
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
 cli = CliRunner()
 SR = 16_000

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import json
 import tarfile
+from functools import partial
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
-import soundfile as sf
 from typer.testing import CliRunner
 
+import corpora
+from corpora import tone
 from corpus_tools import importers as imp
 from corpus_tools.cli import app
 from corpus_tools.manifests import SEGMENTS_SCHEMA, read_segments
-
-
-def tone(path: Path, seconds: float, sr: int = 16000, fmt: str | None = None,
-         subtype: str | None = None, freq: float = 220.0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    t = np.arange(int(seconds * sr)) / sr
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), sr, format=fmt,
-             subtype=subtype)
-    return path
 
 
 def check_manifest(df: pl.DataFrame, n: int, method: str) -> None:
@@ -40,31 +32,11 @@ def check_manifest(df: pl.DataFrame, n: int, method: str) -> None:
 # -- LibriSpeech ----------------------------------------------------------------------------
 
 
-LS_SPEAKERS_TXT = ("; ID  |SEX| SUBSET           |MINUTES| NAME\n"
-                   "19    | F | train-clean-100  | 25.19 | Kara Shallenberg\n"
-                   "26    | M | train-clean-100  | 25.08 | Denny Sayers\n")
-
-
-def build_librispeech(root: Path, subsets: dict[str, dict[tuple[str, str], list[str]]]) -> Path:
-    """A LibriSpeech root: ``{subset: {(speaker, chapter): [transcript, ...]}}`` → tone flacs
-    (1 s, 1.5 s, 2 s, ...) + ``SPEAKER-CHAPTER.trans.txt`` per chapter, and SPEAKERS.TXT."""
-    for subset, chapters in subsets.items():
-        for (spk, ch), texts in chapters.items():
-            folder = root / subset / spk / ch
-            lines = []
-            for i, text in enumerate(texts):
-                uid = f"{spk}-{ch}-{i:04d}"
-                tone(folder / f"{uid}.flac", 1.0 + 0.5 * i)
-                lines.append(f"{uid} {text}")
-            (folder / f"{spk}-{ch}.trans.txt").write_text("\n".join(lines) + "\n")
-    (root / "SPEAKERS.TXT").write_text(LS_SPEAKERS_TXT)
-    return root
-
-
 @pytest.fixture(scope="module")
 def librispeech(tmp_path_factory) -> Path:
-    return build_librispeech(tmp_path_factory.mktemp("ls") / "LibriSpeech", {"dev-clean": {
-        ("19", "198"): ["HELLO WORLD", "SECOND ONE"], ("26", "495"): ["THIRD UTTERANCE"]}})
+    return corpora.librispeech(tmp_path_factory.mktemp("ls") / "LibriSpeech", {"dev-clean": {
+        ("19", "198"): ["HELLO WORLD", "SECOND ONE"], ("26", "495"): ["THIRD UTTERANCE"]}},
+        speakers=corpora.LS_SPEAKERS_TXT)
 
 
 def test_librispeech(librispeech):
@@ -84,25 +56,14 @@ def test_librispeech(librispeech):
 
 @pytest.fixture(scope="module")
 def mls(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mls") / "mls_dutch"
-    entries = {"train": [("10087", "10388", 0, "flac"), ("10087", "10388", 1, "flac"),
-                         ("1234", "555", 7, "flac")],
-               "dev": [("999", "111", 3, "opus")]}
-    for split, utts in entries.items():
-        lines = []
-        for spk, book, i, ext in utts:
-            uid = f"{spk}_{book}_{i:06d}"
-            path = root / split / "audio" / spk / book / f"{uid}.{ext}"
-            if ext == "opus":
-                tone(path, 2.0, sr=48000, fmt="OGG", subtype="OPUS")
-            else:
-                tone(path, 1.25)
-            lines.append(f"{uid}\tdit is zin {i}")
-        (root / split / "transcripts.txt").write_text("\n".join(lines) + "\n")
-    (root / "metainfo.txt").write_text(
-        "SPEAKER   |   GENDER   | PARTITION  |  MINUTES   |  BOOK ID   | TITLE | CHAPTER\n"
-        "10087     |    F       |   train    |  10.0      |  10388     | Boek  | 1\n")
-    return root
+    flac = partial(tone, seconds=1.25)
+    opus = partial(tone, seconds=2.0, sr=48000, fmt="OGG", subtype="OPUS")
+    return corpora.mls(tmp_path_factory.mktemp("mls") / "mls_dutch", {
+        "train": [(spk, book, i, f"dit is zin {i}", flac)
+                  for spk, book, i in [("10087", "10388", 0), ("10087", "10388", 1), ("1234", "555", 7)]],
+        "dev": [("999", "111", 3, "dit is zin 3", opus, "opus")],
+    }, metainfo="SPEAKER   |   GENDER   | PARTITION  |  MINUTES   |  BOOK ID   | TITLE | CHAPTER\n"
+                "10087     |    F       |   train    |  10.0      |  10388     | Boek  | 1\n")
 
 
 def test_mls_flac_and_opus(mls):
@@ -120,29 +81,22 @@ def test_mls_flac_and_opus(mls):
 
 # -- Common Voice ---------------------------------------------------------------------------
 
-CV_HEADER = ("client_id\tpath\tsentence_id\tsentence\tsentence_domain\tup_votes\tdown_votes\t"
-             "age\tgender\taccents\tvariant\tlocale\tsegment")
-
-
 @pytest.fixture(scope="module")
 def commonvoice(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("cv") / "cv-corpus-18.0-2024-06-14" / "nl"
     clips = {"common_voice_nl_1.mp3": 1.0, "common_voice_nl_2.mp3": 1.5,
              "common_voice_nl_3.mp3": 2.0}
-    for name, secs in clips.items():
-        tone(root / "clips" / name, secs, sr=32000, fmt="MP3", subtype="MPEG_LAYER_III")
 
     def row(client, clip, sentence):
-        return "\t".join([client, clip, "sid", sentence, "", "2", "0", "thirties",
-                          "female_feminine", "", "", "nl", ""])
+        return corpora.cv_row(client, clip, sentence, age="thirties", gender="female_feminine")
 
-    (root / "train.tsv").write_text("\n".join([
-        CV_HEADER, row("spkA", "common_voice_nl_1.mp3", 'Hij zei "hallo" tegen mij.'),
-        row("spkB", "common_voice_nl_2.mp3", "Tweede zin.")]) + "\n")
-    (root / "dev.tsv").write_text("\n".join([CV_HEADER, row("spkC", "common_voice_nl_3.mp3", "Derde.")]) + "\n")
-    (root / "test.tsv").write_text(CV_HEADER + "\n")
-    (root / "validated.tsv").write_text("\n".join([
-        CV_HEADER, row("spkA", "common_voice_nl_1.mp3", 'Hij zei "hallo" tegen mij.')]) + "\n")
+    root = corpora.commonvoice(
+        tmp_path_factory.mktemp("cv") / "cv-corpus-18.0-2024-06-14" / "nl",
+        {name: corpora.mp3_tone(secs, 32000) for name, secs in clips.items()},
+        {"train": [row("spkA", "common_voice_nl_1.mp3", 'Hij zei "hallo" tegen mij.'),
+                   row("spkB", "common_voice_nl_2.mp3", "Tweede zin.")],
+         "dev": [row("spkC", "common_voice_nl_3.mp3", "Derde.")],
+         "test": [],
+         "validated": [row("spkA", "common_voice_nl_1.mp3", 'Hij zei "hallo" tegen mij.')]})
     (root / "clip_durations.tsv").write_text("clip\tduration[ms]\ncommon_voice_nl_2.mp3\t1500\n")
     return root
 
@@ -169,17 +123,14 @@ def test_commonvoice(commonvoice):
 
 @pytest.fixture(scope="module")
 def musan(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("musan") / "musan"
-    for i in range(3):
-        tone(root / "noise" / "free-sound" / f"noise-free-sound-{i:04d}.wav", 0.5 + i, freq=900)
-    tone(root / "noise" / "sound-bible" / "noise-sound-bible-0000.wav", 1.0, sr=44100)
-    tone(root / "music" / "fma" / "music-fma-0000.wav", 1.0)
-    (root / "noise" / "free-sound" / "ANNOTATIONS").write_text("noise-free-sound-0001\n")
-    (root / "noise" / "free-sound" / "LICENSE").write_text("CC BY 3.0\n")
-    (root / "noise" / "sound-bible" / "LICENSE").write_text("public domain\n")
-    (root / "noise" / "sound-bible" / "ANNOTATIONS").write_text("")
-    (root / "music" / "fma" / "ANNOTATIONS").write_text("music-fma-0000 classical N\n")
-    return root
+    return corpora.musan(tmp_path_factory.mktemp("musan") / "musan", {
+        ("noise", "free-sound"): {f"noise-free-sound-{i:04d}": partial(tone, seconds=0.5 + i, freq=900)
+                                  for i in range(3)},
+        ("noise", "sound-bible"): {"noise-sound-bible-0000": partial(tone, seconds=1.0, sr=44100)},
+        ("music", "fma"): {"music-fma-0000": partial(tone, seconds=1.0)},
+    }, files={("noise", "free-sound"): {"ANNOTATIONS": "noise-free-sound-0001\n", "LICENSE": "CC BY 3.0\n"},
+              ("noise", "sound-bible"): {"LICENSE": "public domain\n", "ANNOTATIONS": ""},
+              ("music", "fma"): {"ANNOTATIONS": "music-fma-0000 classical N\n"}})
 
 
 def test_musan(musan, tmp_path):
@@ -209,21 +160,10 @@ def test_musan(musan, tmp_path):
 
 @pytest.fixture(scope="module")
 def fma(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fma")
-    for tid in (2, 5, 1039):
-        tone(root / "fma_large" / f"{tid // 1000:03d}" / f"{tid:06d}.mp3", 1.0, sr=44100,
-             fmt="MP3", subtype="MPEG_LAYER_III")
-    meta = root / "fma_metadata"
-    meta.mkdir()
-    (meta / "tracks.csv").write_text(
-        ",album,artist,set,set,track,track,track,track\n"
-        ",title,name,split,subset,genre_top,genres,genres_all,title\n"
-        "track_id,,,,,,,,\n"
-        '2,AWOL,AWOL,training,small,Hip-Hop,[21],[21],Food\n'
-        '5,AWOL,AWOL,training,large,Hip-Hop,"[21, 811]","[21, 811]",This World\n')
-    (meta / "genres.csv").write_text(
-        "genre_id,#tracks,parent,title,top_level\n21,8389,0,Hip-Hop,21\n811,1000,21,Hip-Hop Beats,21\n")
-    return root
+    return corpora.fma(tmp_path_factory.mktemp("fma"), {tid: corpora.mp3_tone(1.0, 44100) for tid in (2, 5, 1039)},
+                       ['2,AWOL,AWOL,training,small,Hip-Hop,[21],[21],Food',
+                        '5,AWOL,AWOL,training,large,Hip-Hop,"[21, 811]","[21, 811]",This World'],
+                       ["21,8389,0,Hip-Hop,21", "811,1000,21,Hip-Hop Beats,21"])
 
 
 def test_fma(fma):

@@ -29,6 +29,7 @@ def mixed_folder(tmp_path, sample_archive) -> Path:
     return d, expected
 
 
+@pytest.mark.slow
 def test_ingest_bad_files_get_rows_and_never_crash(tmp_path, mixed_folder):
     folder, expected = mixed_folder
     res = runner.invoke(app, ["ingest", str(folder), "-o", str(tmp_path / "w")])
@@ -47,6 +48,7 @@ def test_ingest_bad_files_get_rows_and_never_crash(tmp_path, mixed_folder):
     assert "failed" in res.output and "ok" in res.output
 
 
+@pytest.mark.slow
 def test_ingest_metadata_filters(tmp_path, sample_archive):
     folder = tmp_path / "arch"
     folder.mkdir()
@@ -109,6 +111,7 @@ def test_truncation_seen_against_metadata_duration():
     assert out["status"].to_list() == ["failed", "ok"] and "metadata says 1800" in out["reason"][0]
 
 
+@pytest.mark.slow
 def test_ingest_resume_uses_journal(tmp_path, sample_archive, monkeypatch):
     folder = tmp_path / "a"
     folder.mkdir()
@@ -130,6 +133,7 @@ def test_ingest_errors_are_one_line(tmp_path):
     assert res.exit_code != 0 and "'id' column" in res.output
 
 
+@pytest.mark.slow
 def test_decode_any_container_by_range(sample_archive):
     """wav, mp3 and AAC-in-mp4 decode to 16 kHz mono, and a range equals the slice of a full decode."""
     for f in sorted(sample_archive.glob("bc00*")):

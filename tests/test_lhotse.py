@@ -52,6 +52,7 @@ def exported(work, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_export_loads_with_lhotse_and_keeps_hours_paths_and_durations(work, exported):
     from lhotse import CutSet, RecordingSet, SupervisionSet, load_manifest
 
@@ -79,6 +80,7 @@ def test_export_loads_with_lhotse_and_keeps_hours_paths_and_durations(work, expo
         assert s.custom.get("split") == row["split"]
 
 
+@pytest.mark.slow
 def test_samplers_and_audio_of_every_format(exported):
     from lhotse import CutSet
     from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
@@ -101,12 +103,14 @@ def test_samplers_and_audio_of_every_format(exported):
     assert set(formats) == {".wav", ".mp3", ".mp4"}
 
 
+@pytest.mark.slow
 def test_export_is_deterministic(work, exported, tmp_path):
     ok(["export", "lhotse", work / "segments" / "unit.parquet", "-o", tmp_path / "again"])
     for name in ("recordings.jsonl.gz", "supervisions.jsonl.gz", "cuts.jsonl.gz"):
         assert (tmp_path / "again" / name).read_bytes() == (exported / name).read_bytes(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["folder", "cuts"])
 def test_round_trip(work, exported, what, tmp_path):
     src = exported if what == "folder" else exported / "cuts.jsonl.gz"

@@ -18,7 +18,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -28,8 +27,9 @@ import polars as pl
 import pytest
 import soundfile as sf
 
+from corpora import start_slow_shard_writer
 from corpus_tools import shards as sh
-from corpus_tools.reader import list_shards, read_shard_records
+from corpus_tools.data.tar_index import list_shards, read_shard_records
 
 PATTERNS = ("*.tar", "*.tar*", "*.*.tar*")
 TEXTS = ["Hello WORLD, it's me", "Zo’n Café, 12 auto’s!", "THE QUICK Brown fox", "",
@@ -135,19 +135,7 @@ def finished(manifest, tmp_path_factory) -> Path:
 
 def kill_mid_write(manifest: pl.DataFrame, out: Path) -> None:
     """Run write_shards in a process and SIGKILL it while a shard is half written."""
-    src = out.parent / "segs.parquet"
-    manifest.write_parquet(src)
-    script = f"""
-import time, polars as pl
-import corpus_tools.shards as sh
-orig = sh.cut_segment
-def slow(*a, **k):
-    time.sleep(0.2)  # make the kill land inside a shard
-    return orig(*a, **k)
-sh.cut_segment = slow
-sh.write_shards(pl.read_parquet({str(src)!r}), {str(out)!r}, samples_per_shard=4, progress=False)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    proc = start_slow_shard_writer(manifest, out.parent / "segs.parquet", out, 4, 0.2)
     deadline = time.time() + 60
 
     def half_written() -> bool:  # a finished shard plus the hidden temp file of the next one
@@ -278,8 +266,10 @@ def test_old_version_folder_with_raw_transcriptions_is_brought_up_to_date(manife
 # -- transcripts a letter vocabulary reads -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_transcription_encodes_without_unknown_letters(finished, manifest, nano_tokenizer):
-    from trainer.text import encode, normalize_text
+    from corpus_tools.text import normalize_text
+    from trainer.text import encode
 
     by_id = {r["segment_id"]: r for r in manifest.iter_rows(named=True)}
     samples = list(nano_samples(nano_find_shards(finished, "*.*.tar*")))
@@ -308,7 +298,7 @@ def test_transcription_encodes_without_unknown_letters(finished, manifest, nano_
 def test_flac_shards_are_for_our_reader_and_wav_for_both(manifest, finished, tmp_path):
     import webdataset as wds
 
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     flac = tmp_path / "flac"
     sh.write_shards(manifest, flac, samples_per_shard=4, fmt="flac", progress=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from trainer.losses import sample_negatives
@@ -81,6 +82,7 @@ def test_a_row_with_one_masked_frame_never_yields_an_out_of_range_negative():
             assert usable.tolist() == [counts[r] >= 2 for r in rows]
 
 
+@pytest.mark.slow
 def test_pretraining_on_sub_second_utterances_runs(tmp_path):
     """Table 14's shortest segmentations: shards of 0.4–0.8 s utterances, tiny config, several
     seeds, a few hundred steps each — the batch's longest row is often a single span long."""

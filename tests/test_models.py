@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +15,9 @@ import pytest
 import soundfile as sf
 import torch
 
+from corpora import put_audio, speech
 from corpus_tools import models as M
-from corpus_tools.modelzoo.ct2_to_openai import read_ct2_model
+from corpus_tools.models.ct2_to_openai import read_ct2_model
 
 SITE = Path(torch.__file__).resolve().parent.parent
 SAMPLE_WAV = SITE / "pyannote" / "audio" / "sample" / "sample.wav"
@@ -35,20 +35,14 @@ def hello_wav(tmp_path_factory) -> Path:
     """Synthetic English speech (espeak-ng), 16 kHz mono."""
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng (Debian package) is not installed; it synthesises the ASR test clip")
-    raw = tmp_path_factory.mktemp("tts") / "raw.wav"
-    subprocess.run(["espeak-ng", "-w", str(raw), "hello world, this is a test"], check=True)
-    x, sr = sf.read(raw, dtype="float32")
-    import soxr
-
-    out = raw.with_name("hello.wav")
-    sf.write(out, soxr.resample(x, sr, 16000), 16000)
-    return out
+    return put_audio(tmp_path_factory.mktemp("tts") / "hello.wav", speech("hello world, this is a test", "en", 175))
 
 
 # ------------------------------------------------------------------------------------------
 # preparation and resolution
 
 
+@pytest.mark.slow
 def test_prepare_offline_is_idempotent_and_documented(models_dir):
     again = M.prepare_offline(models_dir)
     assert again["created"] == []
@@ -65,6 +59,7 @@ def test_prepare_offline_is_idempotent_and_documented(models_dir):
     assert ct2.get("decoder/projection/weight") is ct2.get("decoder/embeddings/weight")   # alias
 
 
+@pytest.mark.slow
 def test_resolve_by_name_alias_path_and_env(models_dir, monkeypatch):
     base = (models_dir / "whisper-ct2" / "base").resolve()
     assert M.resolve("whisper-ct2", "base", models_dir) == base
@@ -91,6 +86,7 @@ def test_resolve_by_name_alias_path_and_env(models_dir, monkeypatch):
     ("demucs", "htdemucs", "--demucs-model"),
     ("whisper-ct2", "./missing/dir", "--whisper-model"),
 ])
+@pytest.mark.slow
 def test_missing_model_error_names_the_option(models_dir, kind, name, option):
     with pytest.raises(M.ModelNotFoundError) as info:
         M.resolve(kind, name, models_dir)
@@ -103,6 +99,7 @@ def test_wrong_folder_is_rejected(tmp_path):
         M.resolve("whisper-ct2", str(tmp_path))
 
 
+@pytest.mark.slow
 def test_defaults_fall_back_to_models_folder_when_offline(models_dir):
     assert M.default_model("whisper-ct2", models_dir=models_dir) == "base"
     assert M.default_model("diarization", models_dir=models_dir) == "pyannote-seg3-campplus"
@@ -112,6 +109,7 @@ def test_defaults_fall_back_to_models_folder_when_offline(models_dir):
         M.align_model_path(None, "nl", models_dir)  # a CTC loader cannot load the Whisper aligner
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind, option, standin", [("demucs", "--demucs-model", "random-tiny-htdemucs")])
 def test_a_random_stand_in_is_never_a_default(models_dir, kind, option, standin):
     """When the real default is missing and the models folder has only a random-weight
@@ -124,7 +122,7 @@ def test_a_random_stand_in_is_never_a_default(models_dir, kind, option, standin)
 
 def test_fingerprint_follows_content_not_place(tmp_path):
     """Cheap fingerprint: names, sizes, and sampled bytes (the first and last MiB among them)."""
-    from corpus_tools.fingerprint import fingerprint
+    from corpus_tools.models.fingerprint import fingerprint
 
     data = bytearray(np.random.default_rng(0).integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
     a = tmp_path / "a"
@@ -150,6 +148,7 @@ def test_fingerprint_follows_content_not_place(tmp_path):
     assert fingerprint(a) != reference
 
 
+@pytest.mark.slow
 def test_model_identity_is_its_content(models_dir, tmp_path):
     """What a stage cache is keyed on: the files' fingerprint, whether they are found by name,
     by path or in a moved folder; the name, source, target and stand-in flag are recorded."""
@@ -159,7 +158,7 @@ def test_model_identity_is_its_content(models_dir, tmp_path):
     assert ident["target"] == str(r.target) and ident["fingerprint"].startswith("sha256:")
     by_path = M.identify(M.locate("align", str(shutil.copytree(r.target, tmp_path / "copy"))))
     assert by_path["source"] == "path" and M.identity_key(by_path) == M.identity_key(ident)
-    from corpus_tools.modelzoo.random_standins import build_random_wav2vec2_ctc
+    from corpus_tools.models.random_standins import build_random_wav2vec2_ctc
 
     other = M.identify(M.locate("align", str(build_random_wav2vec2_ctc(tmp_path / "other", seed=1))))
     assert M.identity_key(other) != M.identity_key(ident)
@@ -172,6 +171,7 @@ def test_model_identity_is_its_content(models_dir, tmp_path):
 # real loading code paths
 
 
+@pytest.mark.slow
 def test_ct2_to_openai_checkpoint_transcribes(models_dir, hello_wav):
     import whisper
 
@@ -182,6 +182,7 @@ def test_ct2_to_openai_checkpoint_transcribes(models_dir, hello_wav):
     assert "hello" in words and "world" in words and "test" in words, text
 
 
+@pytest.mark.slow
 def test_openai_loader_restores_alignment_heads_and_caches(models_dir):
     model = M.load_openai_whisper("base", "cpu", models_dir)
     assert M.load_openai_whisper("base", "cpu", models_dir) is model            # cached per process
@@ -189,6 +190,7 @@ def test_openai_loader_restores_alignment_heads_and_caches(models_dir):
     assert int(heads.sum()) == 8 and bool(heads[5, 1])                           # from config.json
 
 
+@pytest.mark.slow
 def test_faster_whisper_loads_ct2_base(models_dir, hello_wav):
     model = M.load_faster_whisper("base", "cpu", "int8", models_dir, cpu_threads=2)
     segments, info = model.transcribe(str(hello_wav), language="en", beam_size=1)
@@ -196,6 +198,7 @@ def test_faster_whisper_loads_ct2_base(models_dir, hello_wav):
     assert "hello" in text and "world" in text, text
 
 
+@pytest.mark.slow
 def test_silero_vad_finds_speech_in_sample(models_dir):
     from silero_vad import get_speech_timestamps
 
@@ -206,6 +209,7 @@ def test_silero_vad_finds_speech_in_sample(models_dir):
     assert regions and 6.0 < regions[0]["start"] < 8.0          # reference: speech starts at 6.69 s
 
 
+@pytest.mark.slow
 def test_demucs_standin_separates_one_second(models_dir):
     from demucs.apply import apply_model
 
@@ -216,6 +220,7 @@ def test_demucs_standin_separates_one_second(models_dir):
     assert stems.shape == (1, 4, 2, 44100) and torch.isfinite(stems).all()
 
 
+@pytest.mark.slow
 def test_align_standin_runs_whisperx_align(models_dir):
     import whisperx
 
@@ -228,6 +233,7 @@ def test_align_standin_runs_whisperx_align(models_dir):
     assert all(7.6 <= w["start"] <= w["end"] <= 12.0 for s in out["segments"] for w in s["words"])
 
 
+@pytest.mark.slow
 def test_diarization_pipeline_on_sample(models_dir):
     diarizer = M.load_diarization_pipeline("pyannote-seg3-campplus", "cpu", models_dir)
     x, sr = sf.read(SAMPLE_WAV, dtype="float32")
@@ -242,6 +248,7 @@ def test_diarization_pipeline_on_sample(models_dir):
     assert type(wx.model).__name__ == "LocalSpeakerDiarization"
 
 
+@pytest.mark.slow
 def test_embedding_model_separates_speakers(models_dir):
     model = M.load_embedding_model("campplus", "cpu", models_dir)
     x, sr = sf.read(SAMPLE_WAV, dtype="float32")
@@ -260,6 +267,7 @@ def test_embedding_model_separates_speakers(models_dir):
 # CLI
 
 
+@pytest.mark.slow
 def test_cli_list_and_prepare(models_dir):
     from typer.testing import CliRunner
 

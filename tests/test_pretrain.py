@@ -6,40 +6,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
+from corpora import alsa_voice_rows, pretrain_worker, run_ddp_worker, sample_pieces, sample_wav
 from trainer.pretrain import PretrainArgs, pretrain
 
+pytestmark = pytest.mark.slow  # every test trains
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
-SAMPLE = Path(sys.prefix) / "lib/python3.11/site-packages/pyannote/audio/sample/sample.wav"
-ALSA = Path("/usr/share/sounds/alsa")
-ALSA_VOICES = ["Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left", "Rear_Right",
-               "Side_Left", "Side_Right"]
-
-
-def _sample_wav() -> Path:
-    import pyannote.audio
-
-    path = Path(pyannote.audio.__file__).parent / "sample" / "sample.wav"
-    return path if path.exists() else SAMPLE
-
-
-def _pieces(path: Path, offset: float, n: int, prefix: str) -> list[dict]:
-    """2–6 s pieces of a 30 s two-speaker recording, overlapping, at varied offsets."""
-    rows, t = [], offset
-    for i in range(n):
-        d = 2.0 + (i * 1.3) % 4.0
-        if t + d > 29.9:
-            t = offset + (i % 5) * 0.37
-        rows.append(dict(segment_id=f"{prefix}-{i:03d}", recording_id="sample", path=str(path), start=t, end=t + d,
-                         duration=d, text="", speaker=None, method="test", language="en", session="sample"))
-        t += 1.1
-    return rows
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +26,11 @@ def shards(tmp_path_factory) -> dict[str, str]:
     from corpus_tools.shards import write_shards
 
     root = tmp_path_factory.mktemp("shards")
-    sample = _sample_wav()
-    rows = _pieces(sample, 0.0, 40, "tr")
-    for name in ALSA_VOICES:
-        rows.append(dict(segment_id=f"alsa-{name}", recording_id=name, path=str(ALSA / f"{name}.wav"), start=0.0,
-                         end=1.4, duration=1.4, text="", speaker=name, method="test", language="en", session=name))
+    sample = sample_wav()
+    rows = sample_pieces(sample, 0.0, 40, "tr") + alsa_voice_rows()
     write_shards(pl.DataFrame(rows), root / "train", samples_per_shard=16, progress=False)
-    write_shards(pl.DataFrame(_pieces(sample, 0.55, 8, "va")), root / "val", samples_per_shard=16, progress=False)
+    write_shards(pl.DataFrame(sample_pieces(sample, 0.55, 8, "va")), root / "val", samples_per_shard=16,
+                 progress=False)
     return {"train": str(root / "train"), "val": str(root / "val")}
 
 
@@ -134,6 +108,7 @@ def test_fresh_start_in_a_used_run_dir_is_refused(shards, tmp_path):
     assert (tmp_path / "run" / "log.jsonl").read_text() == log
 
 
+@pytest.mark.timeout(1800)
 def test_sigkilled_run_resumes_to_the_same_log_and_weights(shards, tmp_path):
     """kill -9 between checkpoints (twice, at seeded points), rerun with --resume: every step is
     logged once, with the losses of an uninterrupted run, and the final weights are equal."""
@@ -194,29 +169,12 @@ def test_sigkilled_run_resumes_to_the_same_log_and_weights(shards, tmp_path):
     assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
-DDP_WORKER = textwrap.dedent("""
-    import os, sys, torch
-    torch.set_num_threads(1)
-    from trainer.pretrain import PretrainArgs, pretrain
-    shards, out = sys.argv[1], sys.argv[2]
-    result = pretrain(PretrainArgs(shards=shards, out=out, config="tiny", steps=2, batch_seconds=4.0,
-                                   accumulation=2, log_every=1, ckpt_every=2, quiet=False, num_workers=0))
-    rank = os.environ["RANK"]
-    torch.save(result["model"].state_dict(), os.path.join(out, f"rank{rank}.pt"))
-""")
+DDP_WORKER = pretrain_worker("steps=2, batch_seconds=4.0, accumulation=2, log_every=1, ckpt_every=2")
 
 
 def test_torchrun_two_processes_gloo_agree_on_weights(shards, tmp_path):
-    worker = tmp_path / "worker.py"
-    worker.write_text(DDP_WORKER)
-    out = tmp_path / "ddp"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc-per-node", "2", str(worker), shards["train"],
-                           str(out)], env=env, capture_output=True, text=True, timeout=120, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc, out, a, b = run_ddp_worker(DDP_WORKER, tmp_path, shards["train"], timeout=120)
     assert "global batch = 2 GPU(s) × 2 accumulation × 4 s = 16 s" in proc.stdout
-    a, b = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     fresh = torch.load(out / "checkpoints" / "step_000000002.pt", weights_only=False)
     assert len(fresh["rng"]) == 2 and fresh["world_size"] == 2
     for key in a:
@@ -253,11 +211,8 @@ def session_shards(tmp_path_factory) -> str:
 
     from corpus_tools.shards import write_shards
 
-    sample = _sample_wav()
-    rows = [dict(r, session="first" if i % 2 else "second") for i, r in enumerate(_pieces(sample, 0.0, 24, "p"))]
-    for name in ALSA_VOICES:
-        rows.append(dict(segment_id=f"alsa-{name}", recording_id=name, path=str(ALSA / f"{name}.wav"), start=0.0,
-                         end=1.4, duration=1.4, text="", speaker=name, method="test", language="en", session="alsa"))
+    rows = [dict(r, session="first" if i % 2 else "second")
+            for i, r in enumerate(sample_pieces(sample_wav(), 0.0, 24, "p"))] + alsa_voice_rows(session="alsa")
     out = tmp_path_factory.mktemp("sessions")
     write_shards(pl.DataFrame(rows), out, samples_per_shard=16, progress=False)
     return str(out)

@@ -1,4 +1,4 @@
-"""corpus_tools.reader: shard streaming, DDP/worker splitting, duration batching, resume."""
+"""corpus_tools.data: shard streaming, DDP/worker splitting, duration batching, resume."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from corpus_tools.audio import encode_audio
-from corpus_tools.reader import (Batch, DurationBatcher, ShardBatchStream, Utterance, collate,
-                                 duration_batches, list_shards, make_loader, padding_fraction)
+from corpus_tools.data.batch import Batch, Utterance, collate, padding_fraction
+from corpus_tools.data.batching import DurationBatcher, duration_batches
+from corpus_tools.data.stream import ShardBatchStream, make_loader
+from corpus_tools.data.tar_index import list_shards
 from corpus_tools.shards import write_one_shard
 
 SR = 16000

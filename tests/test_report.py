@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from corpus_tools.cli import app
 from corpus_tools.manifests import RECORDINGS_SCHEMA, WorkDir, conform, write_recordings, write_segments
-from corpus_tools.report import read_run_log, reason_category
+from corpus_tools.report import reason_category
+from corpus_tools.runs import read_run_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 cli = CliRunner()
@@ -189,3 +190,23 @@ def test_reason_categories_and_log_reading(inputs):
     assert [r["step"] for r in train] == list(range(10, 110, 10))  # step 50 once, torn line skipped
     assert next(r for r in train if r["step"] == 50)["loss"] == 111.0
     assert recs[-1]["split"] == "val"
+
+
+def test_trainer_plot_reads_a_log_with_a_torn_last_line(inputs, tmp_path):
+    """`trainer plot` and `corpus report` read log.jsonl alike: a killed run's torn last line is skipped."""
+    from trainer.cli import app as trainer_app
+
+    res = cli.invoke(trainer_app, ["plot", str(inputs["pre"]), "-o", str(tmp_path / "plots")])
+    assert res.exit_code == 0, res.output
+    pngs = sorted(tmp_path.joinpath("plots").glob("*.png"))
+    assert {p.name for p in pngs} >= {"losses.png", "contrastive_vs_hours.png"}
+    assert all(p.read_bytes().startswith(PNG_MAGIC) for p in pngs)
+
+
+def test_the_report_reads_run_logs_without_torch():
+    """Reading JSON lines must not cost a torch import: `corpus report` stays light."""
+    import subprocess
+    import sys
+
+    code = "import sys, corpus_tools.report; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,6 @@ One module-scoped Ray instance (2 CPUs) serves every Ray test; it starts in ~10 
 from __future__ import annotations
 
 import functools
-import hashlib
 import operator
 import shutil
 import threading
@@ -21,10 +20,12 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from corpus_tools import scale
+import corpora
 from corpus_tools.audio import load_audio, write_audio
 from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir, read_segments
+from corpus_tools.parallel import ray_utils
+from corpus_tools.parallel import segment as parallel_segment
 from corpus_tools.samples import alsa_clips, espeak, music_files, pyannote_sample_dir
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -46,9 +47,7 @@ def ok(args: list):
 
 def tree(d: Path, pattern: str = "*") -> dict[str, str]:
     """Relative path → sha256 of every non-hidden file under ``d``."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(d.rglob(pattern)) if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(d).parts)}
+    return corpora.file_tree(d, pattern)
 
 
 def seg_outputs(work: Path) -> dict[str, str]:
@@ -117,18 +116,21 @@ def segment_args(work: Path, mini, *extra) -> list:
 # -- segmentation -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_local_worker_processes_write_identical_outputs(mini, tmp_path):
     work = fresh(mini, tmp_path)
     ok(segment_args(work, mini, "--workers", "2"))
     assert seg_outputs(work) == seg_outputs(mini["work"])
 
 
+@pytest.mark.slow
 def test_ray_segment_writes_identical_outputs(mini, ray_local, tmp_path):
     work = fresh(mini, tmp_path)
     ok(segment_args(work, mini, "--backend", "ray", "--workers", "2"))
     assert seg_outputs(work) == seg_outputs(mini["work"])
 
 
+@pytest.mark.slow
 def test_segment_parts_merge_to_identical_outputs(mini, tmp_path):
     work = fresh(mini, tmp_path)
     res = ok(segment_args(work, mini, "--num-shards", "2", "--shard-index", "1"))
@@ -143,6 +145,7 @@ def test_segment_parts_merge_to_identical_outputs(mini, tmp_path):
     ok(["verify", work])
 
 
+@pytest.mark.slow
 def test_merge_uses_the_parts_models_and_refuses_parts_that_resolved_different_ones(mini, tmp_path):
     """Merge reads the cache folders the parts keyed on the models they resolved (the model
     may be gone by then); parts whose models differ behind the same option are refused."""
@@ -168,6 +171,7 @@ def test_merge_uses_the_parts_models_and_refuses_parts_that_resolved_different_o
     assert "different models" in message and "vad" in message and "Traceback" not in res.output
 
 
+@pytest.mark.slow
 def test_a_worker_that_resolves_other_models_than_the_driver_refuses(mini, tmp_path):
     """Workers cache under the driver's keys, so a worker that would load other weights
     (another machine, a file changed since) must stop before it caches anything."""
@@ -189,17 +193,18 @@ def test_a_worker_that_resolves_other_models_than_the_driver_refuses(mini, tmp_p
     torch.save(ckpt, vad)
     threads = torch.get_num_threads()
     try:
-        scale._worker_init(str(work), asdict(cfg), threads, driver_keys)
+        parallel_segment._worker_init(str(work), asdict(cfg), threads, driver_keys)
         with pytest.raises(ValueError, match="different models"):
-            scale._worker_run((ok_recordings(WorkDir(work))[0], ["vad"]))
+            parallel_segment._worker_run((ok_recordings(WorkDir(work))[0], ["vad"]))
     finally:
-        scale._WORKER_STATE.clear()
+        parallel_segment._WORKER_STATE.clear()
     assert not list((work / "cache").glob("vad-*/*.json"))
 
 
 # -- shards, ingest, stems ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_ray_shards_and_shard_parts_are_byte_identical(mini, ray_local, tmp_path):
     ref = tree(mini["shards"])
     base = ["shard", mini["work"], "--method", "sad", "--samples-per-shard", "3", "--no-progress"]
@@ -220,6 +225,7 @@ def test_ray_shards_and_shard_parts_are_byte_identical(mini, ray_local, tmp_path
     ok(["verify", tmp_path / "merged", "--manifest", mini["work"], "--method", "sad"])
 
 
+@pytest.mark.slow
 def test_ray_ingest_matches_local(mini, ray_local, tmp_path):
     ok(["ingest", mini["arch"], "-o", tmp_path / "w", "--backend", "ray"])
     assert (tmp_path / "w" / "recordings.parquet").read_bytes() == \
@@ -228,14 +234,11 @@ def test_ray_ingest_matches_local(mini, ray_local, tmp_path):
 
 def music_manifest(root: Path) -> Path:
     music = music_files()
-    rows = [{"segment_id": f"fma/{i}", "recording_id": f"fma{i}", "path": str(music[i % len(music)]),
-             "start": 30.0 + i, "end": 32.0 + i + 0.5 * i, "duration": 2.0 + 0.5 * i, "genre": "Test"}
-            for i in range(3)]
-    path = root / "fma.parquet"
-    pl.DataFrame(rows).write_parquet(path)
-    return path
+    return corpora.music_manifest(root, [(f"fma/{i}", f"fma{i}", music[i % len(music)], 30.0 + i, 32.0 + i + 0.5 * i)
+                                         for i in range(3)])
 
 
+@pytest.mark.slow
 def test_ray_stems_match_local(ray_local, tiny_demucs, tmp_path):
     manifest = music_manifest(tmp_path)
     args = ["stem", manifest, "--demucs-model", tiny_demucs, "--device", "cpu", "--batch-size", "2",
@@ -250,6 +253,7 @@ def test_ray_stems_match_local(ray_local, tiny_demucs, tmp_path):
 # -- verify ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_verify_finds_every_kind_of_mismatch(mini, tmp_path):
     good = tmp_path / "good"
     shutil.copytree(mini["shards"], good)
@@ -318,20 +322,21 @@ def test_bounded_imap_keeps_the_queue_bounded():
         return ex.submit(work, x)
 
     with ThreadPoolExecutor(2) as ex:
-        got = sorted(scale.bounded_imap(submit, list(range(40)), limit=4))
+        got = sorted(ray_utils.bounded_imap(submit, list(range(40)), limit=4))
     assert got == [x * x for x in range(40)]
     assert peak <= 4
 
 
+@pytest.mark.slow
 def test_ray_map_keeps_order_and_raises_the_tasks_own_error(ray_local):
-    assert list(scale.ray_map(pow, range(7), kwargs={"exp": 2}, window=3)) == [x * x for x in range(7)]
+    assert list(ray_utils.ray_map(pow, range(7), kwargs={"exp": 2}, window=3)) == [x * x for x in range(7)]
     with pytest.raises(ZeroDivisionError):  # not Ray's wrapper with a remote traceback
-        list(scale.ray_map(functools.partial(operator.truediv, 1.0), [1.0, 0.0]))
+        list(ray_utils.ray_map(functools.partial(operator.truediv, 1.0), [1.0, 0.0]))
 
 
 def test_workers_default_to_the_gpu_count(monkeypatch):
-    monkeypatch.setattr(scale, "gpu_count", lambda: 4)
-    assert scale.default_workers(0, "auto") == 4 and scale.default_workers(3, "auto") == 3
-    assert scale.default_workers(0, "cpu") == 1
-    monkeypatch.setattr(scale, "gpu_count", lambda: 0)
-    assert scale.default_workers(0, "auto") == 1
+    monkeypatch.setattr(ray_utils, "gpu_count", lambda: 4)
+    assert ray_utils.default_workers(0, "auto") == 4 and ray_utils.default_workers(3, "auto") == 3
+    assert ray_utils.default_workers(0, "cpu") == 1
+    monkeypatch.setattr(ray_utils, "gpu_count", lambda: 0)
+    assert ray_utils.default_workers(0, "auto") == 1

@@ -39,6 +39,8 @@ def segmented(tmp_path_factory, models_dir):
     return work, json.loads((arch / "timelines.json").read_text()), res.output
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_every_method_writes_a_manifest(segmented):
     work, _, out = segmented
     wd = WorkDir(work)
@@ -50,6 +52,7 @@ def test_every_method_writes_a_manifest(segmented):
     assert "real time" in out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["w-pp-3s", "wx-diar-3s", "wx-diar-1s", "w-pp-1s"])
 def test_postprocessed_methods_are_clean(segmented, method):
     work, timelines, _ = segmented
@@ -64,6 +67,7 @@ def test_postprocessed_methods_are_clean(segmented, method):
         assert min(starts) >= 0 and max(ends) <= dur + 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["w-pp-3s", "wx-diar-3s", "sad"])
 def test_little_music_or_silence_is_kept(segmented, method):
     """Segments lying mostly inside music-only or silence-only stretches are rare (< 10 % of kept)."""
@@ -179,6 +183,7 @@ def test_rttm_and_ctm_are_written_and_read_by_standard_tools(segmented, models_d
             assert inside >= 0.5 * (end - start) - 1e-3 and any(a - 1e-3 <= start <= b + 1e-3 for a, b in speech), r
 
 
+@pytest.mark.slow
 def test_seq_is_thirty_second_chunks_without_tail(segmented):
     work, timelines, _ = segmented
     df = read_segments(WorkDir(work).segments("seq"))
@@ -186,6 +191,7 @@ def test_seq_is_thirty_second_chunks_without_tail(segmented):
     assert df.height == int(dur // 30) and (df["duration"] == 30.0).all()
 
 
+@pytest.mark.slow
 def test_wx_diar_labels_speakers(segmented):
     work, _, _ = segmented
     df = read_segments(WorkDir(work).segments("wx-diar"))
@@ -193,6 +199,7 @@ def test_wx_diar_labels_speakers(segmented):
     assert df["text"].str.len_chars().sum() > 0
 
 
+@pytest.mark.slow
 def test_derived_methods_cost_no_inference(segmented, models_dir, monkeypatch):
     """Asking again (e.g. wx-diar-3s after wx-diar) is served from the stage caches."""
     work, _, _ = segmented
@@ -212,6 +219,7 @@ def test_derived_methods_cost_no_inference(segmented, models_dir, monkeypatch):
     assert read_segments(WorkDir(work).segments("wx-diar-3s")).equals(before)
 
 
+@pytest.mark.slow
 def test_stats_prints_table_and_plot(segmented, tmp_path):
     work, _, _ = segmented
     res = cli.invoke(app, ["stats", str(work), "--plot", str(tmp_path / "h.png"), "--csv", str(tmp_path / "t.csv")])
@@ -233,6 +241,7 @@ def test_unknown_method_and_missing_workdir(tmp_path):
     assert res.exit_code != 0 and "corpus ingest" in res.output
 
 
+@pytest.mark.slow
 def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkeypatch, models_dir):
     """`--phrase-list` adds to the language's list, `--no-default-phrases` replaces it, and the
     method's drops.json names the files used (no recordings needed: the lists are the point)."""
@@ -261,6 +270,7 @@ def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkey
     assert res.exit_code != 0 and "phrase list not found" in res.output
 
 
+@pytest.mark.slow
 def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path, models_dir):
     wd = WorkDir(tmp_path)
     cfg = SegmentConfig(whisper_model="base", models_dir=str(models_dir))
@@ -273,6 +283,7 @@ def test_stage_cache_survives_torn_files_and_changes_key_with_settings(tmp_path,
     assert a.get("whisper", "r2") is None
 
 
+@pytest.mark.slow
 def test_segment_failed_decode_is_counted(tmp_path, sample_archive):
     """A recording that fails to decode at segmentation time is skipped and counted, not fatal."""
     folder = tmp_path / "a"
@@ -289,6 +300,7 @@ def test_segment_failed_decode_is_counted(tmp_path, sample_archive):
     assert df.height == 0 and drops["failed_seconds"] == pytest.approx(rec["duration"])
 
 
+@pytest.mark.slow
 def test_whisper_transcript_does_not_depend_on_what_was_decoded_before(segmented, models_dir, monkeypatch):
     """Temperature fallback samples; CTranslate2's sampler lives in the model's worker threads
     and a seed does not reset it, so the model is renewed after a recording that sampled.
@@ -379,6 +391,7 @@ def stage_dirs(work: Path, stage: str) -> list[Path]:
     return sorted((work / "cache").glob(f"{stage}-*"))
 
 
+@pytest.mark.slow
 def test_vad_model_changed_behind_the_same_path_is_recomputed(short_work, models_dir, tmp_path, monkeypatch):
     """Same --vad-model path, new file behind it: the sad stage runs again; nothing else does."""
     vad = tmp_path / "my-vad" / "pytorch_model.bin"
@@ -401,12 +414,13 @@ def test_vad_model_changed_behind_the_same_path_is_recomputed(short_work, models
     assert recorded[0]["fingerprint"] != recorded[1]["fingerprint"]
 
 
+@pytest.mark.slow
 def test_new_aligner_recomputes_only_the_stages_built_on_it(short_work, models_dir, tmp_path, monkeypatch):
     """Switching aligner (the default, Whisper's own alignment, to the stand-in named with
     --align-model, and back) and replacing the stand-in inside a models folder (same name, new
     weights) run wx-align and wx-diar again, never wx-asr or sad; moving the folder or
     rerunning unchanged recomputes nothing."""
-    from corpus_tools.modelzoo.random_standins import build_random_wav2vec2_ctc
+    from corpus_tools.models.random_standins import build_random_wav2vec2_ctc
 
     calls = count_stage_runs(monkeypatch)
     models = linked_copy(models_dir, tmp_path / "models")
@@ -447,10 +461,11 @@ def test_new_aligner_recomputes_only_the_stages_built_on_it(short_work, models_d
     assert not read_segments(WorkDir(short_work).segments("wx-diar")).equals(before)
 
 
+@pytest.mark.slow
 def test_stage_keys_chain_and_follow_the_resolved_models(models_dir, tmp_path):
     """A stage's key holds its own models and those of the stages it builds on; a model is
     known by its files, so the default VAD given by path shares the caches."""
-    from corpus_tools.modelzoo.random_standins import build_random_wav2vec2_ctc
+    from corpus_tools.models.random_standins import build_random_wav2vec2_ctc
 
     stages = ["vad", "whisper", "wx-asr", "wx-align", "wx-diar"]
     cfg = SegmentConfig(whisper_model="base", models_dir=str(models_dir), device="cpu")
@@ -484,6 +499,7 @@ def test_stage_keys_chain_and_follow_the_resolved_models(models_dir, tmp_path):
     assert runner.StageCache(wd, keys).dir("error") == runner.StageCache(wd, {}).dir("error")
 
 
+@pytest.mark.slow
 def test_the_stand_in_aligner_is_never_chosen_unless_named(models_dir, caplog):
     """A models folder whose only aligner is the random stand-in: by default wx-align uses
     Whisper's own alignment and says so in one line naming --align-model; the stand-in is

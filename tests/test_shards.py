@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ import polars as pl
 import pytest
 import soundfile as sf
 
+from corpora import start_slow_shard_writer
 from corpus_tools import shards as sh
 from corpus_tools.audio import encode_audio
 from corpus_tools.text import normalize_text
@@ -179,20 +179,8 @@ def test_byte_target(manifest, tmp_path):
 
 def test_interrupted_write_resumes_to_identical_bytes(manifest, written, tmp_path):
     """SIGKILL a writer mid-shard; the rerun gives the uninterrupted bytes."""
-    src = tmp_path / "segs.parquet"
-    manifest.write_parquet(src)
     out = tmp_path / "killed"
-    script = f"""
-import time, polars as pl
-import corpus_tools.shards as sh
-orig = sh.cut_segment
-def slow(*a, **k):
-    time.sleep(0.15)  # make the kill land inside a shard
-    return orig(*a, **k)
-sh.cut_segment = slow
-sh.write_shards(pl.read_parquet({str(src)!r}), {str(out)!r}, samples_per_shard=8, progress=False)
-"""
-    proc = subprocess.Popen([sys.executable, "-c", script])
+    proc = start_slow_shard_writer(manifest, tmp_path / "segs.parquet", out, 8, 0.15)
     tmp1 = sh.temp_path(out / "shard.000001.tar")
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:

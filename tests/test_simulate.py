@@ -7,11 +7,9 @@ noise manifest, an FMA-like music manifest (asc-music mp3 excerpts) and a stems 
 
 from __future__ import annotations
 
-import io
 import json
 import math
-import subprocess
-import tarfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,12 @@ import polars as pl
 import pytest
 import soundfile as sf
 
+from corpora import librispeech, music_manifest, musan, shard_utterances, speech
 from corpus_tools.audio import load_audio, write_audio
-from corpus_tools.simulate import (ClipPool, Simulator, active_power, batch_rng, count_selected,
-                                   fit_length, measure_snr, mix_at_snr, parse_condition,
-                                   simulate_offline, valid_condition_names)
+from corpus_tools.data.rng import batch_rng
+from corpus_tools.simulate import (ClipPool, Simulator, active_power, count_selected, fit_length,
+                                   measure_snr, mix_at_snr, parse_condition, simulate_offline,
+                                   valid_condition_names)
 
 SR = 16_000
 PYANNOTE_SAMPLE = (Path(__file__).resolve().parents[1] / ".venv/lib/python3.11/site-packages/"
@@ -51,41 +51,28 @@ ALSA_VOICES = ["Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear
 # -- fixtures -------------------------------------------------------------------------
 
 
-def _espeak(text: str, voice: str, speed: int) -> np.ndarray:
-    wav = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
-                         capture_output=True, check=True).stdout
-    x, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    import soxr
-
-    return soxr.resample(x, sr, SR).astype(np.float32) * 0.6
-
-
 def build_librispeech(root: Path) -> Path:
     """LibriSpeech layout (speaker/chapter/spk-chap-utt.flac + trans.txt) and its manifest."""
-    rows = []
-
-    def add(spk, chap, audio, text):
-        d = root / "train-clean-100" / spk / chap
-        d.mkdir(parents=True, exist_ok=True)
-        utt = f"{spk}-{chap}-{sum(1 for r in rows if r['session'] == chap):04d}"
-        path = d / f"{utt}.flac"
-        sf.write(path, audio, SR, subtype="PCM_16")
-        with open(d / f"{spk}-{chap}.trans.txt", "a") as fh:
-            fh.write(f"{utt} {text.upper()}\n")
-        dur = sf.info(path).frames / SR
-        rows.append(dict(segment_id=utt, recording_id=utt, path=str(path), start=0.0, end=dur,
-                         duration=dur, text=text.upper(), speaker=spk, method="librispeech",
-                         language="en", session=chap))
-
+    chapters: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
     for k, (spk, chap, voice) in enumerate(VOICES):
-        for j in range(4):
-            text = SENTENCES[(k + j) % len(SENTENCES)]
-            add(spk, chap, _espeak(text, voice, 150 + 15 * j), text)
+        texts = [SENTENCES[(k + j) % len(SENTENCES)] for j in range(4)]
+        chapters[(spk, chap)] = [(text.upper(), speech(text, voice, 150 + 15 * j, gain=0.6))
+                                 for j, text in enumerate(texts)]
     sample = load_audio(PYANNOTE_SAMPLE)
     for spk, chap, a, b in PYANNOTE_CUTS:
-        add(spk, chap, sample[int(a * SR):int(b * SR)], "")
-    for j, name in enumerate(ALSA_VOICES):
-        add("606", "9606", load_audio(ALSA / f"{name}.wav"), name.replace("_", " "))
+        chapters.setdefault((spk, chap), []).append(("", sample[int(a * SR):int(b * SR)]))
+    chapters[("606", "9606")] = [(name.replace("_", " ").upper(), load_audio(ALSA / f"{name}.wav"))
+                                 for name in ALSA_VOICES]
+    librispeech(root, {"train-clean-100": chapters})
+    rows = []
+    for (spk, chap), utts in chapters.items():
+        for i, (text, _) in enumerate(utts):
+            utt = f"{spk}-{chap}-{i:04d}"
+            path = root / "train-clean-100" / spk / chap / f"{utt}.flac"
+            dur = sf.info(path).frames / SR
+            rows.append(dict(segment_id=utt, recording_id=utt, path=str(path), start=0.0, end=dur,
+                             duration=dur, text=text, speaker=spk, method="librispeech",
+                             language="en", session=chap))
     manifest = root / "librispeech.parquet"
     pl.DataFrame(rows).write_parquet(manifest)
     return manifest
@@ -102,14 +89,16 @@ def build_noise(root: Path) -> Path:
                                           + np.sin(2 * np.pi * 440 * t)), "technical"),
         "noise-sound-bible-0004": (load_audio(ALSA / "Noise.wav"), "ambient"),
     }
-    rows = []
-    for cid, (x, cat) in clips.items():
-        x = np.asarray(x, dtype=np.float32)
+    audio = {cid: np.asarray(x, dtype=np.float32) for cid, (x, _) in clips.items()}
+    for x in audio.values():
         x -= x.mean()
-        path = write_audio(root / "musan" / "noise" / "free-sound" / f"{cid}.wav", x)
+    folder = musan(root / "musan", {("noise", "free-sound"): {cid: partial(write_audio, x=x)
+                                                               for cid, x in audio.items()}})
+    rows = []
+    for cid, x in audio.items():
         dur = x.size / SR
-        rows.append(dict(segment_id=cid, recording_id=cid, path=str(path), start=0.0, end=dur,
-                         duration=dur, category=cat))
+        rows.append(dict(segment_id=cid, recording_id=cid, path=str(folder / "noise" / "free-sound" / f"{cid}.wav"),
+                         start=0.0, end=dur, duration=dur, category=clips[cid][1]))
     manifest = root / "musan_noise.parquet"
     pl.DataFrame(rows).write_parquet(manifest)
     return manifest
@@ -117,15 +106,8 @@ def build_noise(root: Path) -> Path:
 
 def build_music(root: Path) -> Path:
     """FMA-like music: 8 s excerpts of the asc-music mp3s (start/end into the file)."""
-    rows = []
-    for i, p in enumerate(MUSIC):
-        for start in (20.0, 60.0):
-            cid = f"{i:06d}-{int(start)}"
-            rows.append(dict(segment_id=cid, recording_id=p.stem, path=str(p), start=start,
-                             end=start + 8.0, duration=8.0, genre="Soundtrack"))
-    manifest = root / "fma.parquet"
-    pl.DataFrame(rows).write_parquet(manifest)
-    return manifest
+    return music_manifest(root, [(f"{i:06d}-{int(start)}", p.stem, p, start, start + 8.0)
+                                 for i, p in enumerate(MUSIC) for start in (20.0, 60.0)], genre="Soundtrack")
 
 
 def build_stems(root: Path, music: Path) -> Path:
@@ -137,7 +119,7 @@ def build_stems(root: Path, music: Path) -> Path:
         cid = r["segment_id"]
         instr = load_audio(r["path"], r["start"], r["end"]) * 0.5
         vocal = (np.zeros(instr.size, dtype=np.float32) if i == 3 else
-                 np.resize(_espeak(SENTENCES[i], "en-us+f4", 120), instr.size))
+                 np.resize(speech(SENTENCES[i], "en-us+f4", 120, gain=0.6), instr.size))
         write_audio(out / "vocals" / f"{cid}.wav", vocal)
         write_audio(out / "instrumental" / f"{cid}.wav", instr)
         rows.append(dict(clip_id=cid, vocal_path=f"vocals/{cid}.wav",
@@ -160,17 +142,7 @@ def corpus(tmp_path_factory):
 
 def read_shards(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
     """source segment id -> (audio, json) of every utterance in the folder's shards."""
-    out: dict[str, list] = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                key, ext = m.name.split(".", 1)
-                data = tar.extractfile(m).read()
-                slot = out.setdefault(key, [None, None])
-                if ext == "json":
-                    slot[1] = json.loads(data)
-                else:
-                    slot[0] = sf.read(io.BytesIO(data), dtype="float32")[0]
+    out = shard_utterances(folder)
     assert all(k.split("-", 1)[1] == m["id"] for k, (a, m) in out.items())
     return {m["id"]: (a, m) for k, (a, m) in out.items()}
 
@@ -388,7 +360,7 @@ def test_same_seed_is_byte_identical(corpus, cond, tmp_path):
 
 
 def _utts(corpus, n=6, split=None):
-    from corpus_tools.reader import Utterance
+    from corpus_tools.data.batch import Utterance
 
     rows = pl.read_parquet(corpus["source"]).to_dicts()[::5][:n]
     return [Utterance(r["segment_id"], load_audio(r["path"]),
@@ -423,7 +395,7 @@ def test_validation_is_never_degraded(corpus):
 
 def test_online_stream_matches_offline_batch_rng(corpus, tmp_path):
     """The stream hands the transform batch_rng(seed, index): offline == online per batch."""
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     run(corpus, "baseline", tmp_path / "shards", batch_seconds=30.0)  # plain shards of the source
     seen = []
@@ -437,7 +409,7 @@ def test_online_stream_matches_offline_batch_rng(corpus, tmp_path):
                               transform=transform)
     batches = list(stream)
     assert len(batches) >= 3
-    from corpus_tools.reader import Utterance
+    from corpus_tools.data.batch import Utterance
 
     for i, (batch, (audios, metas)) in enumerate(zip(batches, seen)):
         utts = [Utterance(k, a, m) for k, a, m in zip(batch.keys, audios, metas)]
@@ -587,7 +559,8 @@ def test_concat_online_equals_offline_within_the_budget(plain_shards, cond, seed
     """The stream forms concat batches on half the budget; the Simulator cuts the concatenation
     to min(max_utterance_seconds, budget / rows): same utterances as the offline call with
     batch_rng(seed, i), and rows × longest never passes the budget."""
-    from corpus_tools.reader import ShardBatchStream, Utterance
+    from corpus_tools.data.batch import Utterance
+    from corpus_tools.data.stream import ShardBatchStream
 
     budget = 10.0
     sim = Simulator(cond, source=plain_shards, batch_seconds=budget, max_utterance_seconds=MAX_UTT)
@@ -621,7 +594,7 @@ def test_concat_online_equals_offline_within_the_budget(plain_shards, cond, seed
 
 @pytest.mark.parametrize("cond", ["1spk-concat", "2spk-concat"])
 def test_offline_concat_shards_keep_the_budget_and_are_never_recropped(corpus, cond, tmp_path):
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     budget = 8.0
     for seed in (1, 2):
@@ -641,7 +614,7 @@ def test_offline_concat_shards_keep_the_budget_and_are_never_recropped(corpus, c
 
 
 def test_concat_stream_refuses_a_simulator_with_another_budget(plain_shards):
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
 
     with pytest.raises(ValueError, match="batch_seconds"):
         ShardBatchStream(plain_shards, 20.0, transform=Simulator("2spk-concat"))

@@ -7,9 +7,7 @@ online Simulator; `corpus holdout` makes a validation split for corpora without 
 
 from __future__ import annotations
 
-import io
-import json
-import tarfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,8 @@ from typer.testing import CliRunner
 from corpus_tools import importers as imp
 from corpus_tools.cli import app
 from corpus_tools.manifests import read_segments
-from test_importers import CV_HEADER, build_librispeech, tone
+from corpora import (LS_SPEAKERS_TXT, commonvoice, cv_row, librispeech, mls, mp3_tone, shard_utterances,
+                     tone)
 
 SR = 16_000
 LS_SUBSETS = {
@@ -42,7 +41,7 @@ TRAIN, DEV, TEST = ids_of("train-clean-100"), ids_of("dev-clean"), ids_of("test-
 
 @pytest.fixture(scope="module")
 def ls_root(tmp_path_factory) -> Path:
-    return build_librispeech(tmp_path_factory.mktemp("lsroot") / "LibriSpeech", LS_SUBSETS)
+    return librispeech(tmp_path_factory.mktemp("lsroot") / "LibriSpeech", LS_SUBSETS, speakers=LS_SPEAKERS_TXT)
 
 
 @pytest.fixture(scope="module")
@@ -56,18 +55,7 @@ def ls_manifest(ls_root, tmp_path_factory) -> Path:
 
 def shard_members(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
     """json id -> (audio, json) of every utterance in the folder's tar shards."""
-    out: dict[str, list] = {}
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                key, ext = m.name.split(".", 1)
-                data = tar.extractfile(m).read()
-                slot = out.setdefault(key, [None, None])
-                if ext == "json":
-                    slot[1] = json.loads(data)
-                else:
-                    slot[0] = sf.read(io.BytesIO(data), dtype="float32")[0]
-    return {meta["id"]: (audio, meta) for audio, meta in out.values()}
+    return {meta["id"]: (audio, meta) for audio, meta in shard_utterances(folder).values()}
 
 
 def one_line(output: str) -> str:
@@ -88,11 +76,8 @@ def test_librispeech_split_from_the_subset_folder(ls_root):
 
 
 def test_mls_split_from_the_split_folder(tmp_path):
-    root = tmp_path / "mls_dutch"
-    for split in ("train", "dev", "test"):
-        uid = f"10_{len(split)}_000001"
-        tone(root / split / "audio" / "10" / str(len(split)) / f"{uid}.flac", 1.0)
-        (root / split / "transcripts.txt").write_text(f"{uid}\tzin\n")
+    root = mls(tmp_path / "mls_dutch", {split: [("10", str(len(split)), 1, "zin", partial(tone, seconds=1.0))]
+                                        for split in ("train", "dev", "test")})
     df = imp.import_mls(root)
     assert dict(zip(df["segment_id"], df["split"])) == {
         "10_5_000001": "train", "10_3_000001": "dev", "10_4_000001": "test"}
@@ -101,20 +86,11 @@ def test_mls_split_from_the_split_folder(tmp_path):
 @pytest.fixture(scope="module")
 def cv_root(tmp_path_factory) -> Path:
     """validated.tsv lists every clip, as in a real release; dev/test.tsv list some of them."""
-    root = tmp_path_factory.mktemp("cvsplit") / "nl"
-    for i in range(1, 6):
-        tone(root / "clips" / f"cv_{i}.mp3", 1.0, sr=32000, fmt="MP3", subtype="MPEG_LAYER_III")
-
-    def tsv(name, clips):
-        rows = ["\t".join([f"spk{c}", f"cv_{c}.mp3", "sid", f"zin {c}", "", "2", "0", "", "",
-                           "", "", "nl", ""]) for c in clips]
-        (root / f"{name}.tsv").write_text("\n".join([CV_HEADER, *rows]) + "\n")
-
-    tsv("train", [1, 2])
-    tsv("dev", [3])
-    tsv("test", [4])
-    tsv("validated", [1, 2, 3, 4, 5])
-    return root
+    lists = {"train": [1, 2], "dev": [3], "test": [4], "validated": [1, 2, 3, 4, 5]}
+    return commonvoice(tmp_path_factory.mktemp("cvsplit") / "nl",
+                       {f"cv_{i}.mp3": mp3_tone(1.0, 32000) for i in range(1, 6)},
+                       {name: [cv_row(f"spk{c}", f"cv_{c}.mp3", f"zin {c}") for c in clips]
+                        for name, clips in lists.items()})
 
 
 def test_commonvoice_dev_and_test_clips_stay_dev_and_test_wherever_listed(cv_root):
@@ -225,8 +201,9 @@ def test_simulate_split_dev_writes_dev_rows_undegraded(ls_manifest, tmp_path):
 
 
 def test_simulator_never_degrades_imported_dev_and_test(ls_manifest):
-    from corpus_tools.reader import Utterance
-    from corpus_tools.simulate import Simulator, batch_rng, source_items
+    from corpus_tools.data.batch import Utterance
+    from corpus_tools.data.rng import batch_rng
+    from corpus_tools.simulate import Simulator, source_items
 
     items = source_items(ls_manifest)
     utts = [Utterance(it.key, it.load(), dict(it.meta)) for it in items]
@@ -242,7 +219,7 @@ def test_simulator_never_degrades_imported_dev_and_test(ls_manifest):
 
 
 def test_online_stream_over_imported_shards_leaves_dev_and_test_alone(ls_manifest, tmp_path):
-    from corpus_tools.reader import ShardBatchStream
+    from corpus_tools.data.stream import ShardBatchStream
     from corpus_tools.shards import write_shards
     from corpus_tools.simulate import SpeechPool, Simulator
 

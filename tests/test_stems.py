@@ -10,6 +10,7 @@ import polars as pl
 import pytest
 import soundfile as sf
 
+import corpora
 from corpus_tools.audio import load_audio, write_audio
 
 SR = 16_000
@@ -19,13 +20,7 @@ MUSIC = sorted(Path("/usr/share/games/asc/music").glob("*.mp3"))
 
 
 def music_manifest(root: Path, clips: list[tuple[str, str, float | None, float | None]]) -> Path:
-    rows = [dict(segment_id=c, recording_id=c, path=p, start=s, end=e,
-                 duration=None if e is None else e - (s or 0.0), genre="Test")
-            for c, p, s, e in clips]
-    path = root / "fma.parquet"
-    pl.DataFrame(rows, schema_overrides={"start": pl.Float64, "end": pl.Float64,
-                                         "duration": pl.Float64}).write_parquet(path)
-    return path
+    return corpora.music_manifest(root, [(c, c, p, s, e) for c, p, s, e in clips])
 
 
 def speech_clip(root: Path) -> str:
@@ -36,6 +31,7 @@ def speech_clip(root: Path) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_stem_command_runs_demucs_and_resumes(tiny_demucs, tmp_path):
     import torch
     from typer.testing import CliRunner
@@ -108,6 +104,7 @@ def test_sad_tells_speech_from_music():
     assert vocal_speech_seconds(np.zeros(SR, dtype=np.float32), vad) == 0.0
 
 
+@pytest.mark.slow
 def test_unusable_vocal_stems_are_marked(tiny_demucs, tmp_path, monkeypatch):
     """With an ideal separator (vocals = the input), speech is usable and music is not."""
     import corpus_tools.stems as stems
@@ -128,6 +125,7 @@ def test_unusable_vocal_stems_are_marked(tiny_demucs, tmp_path, monkeypatch):
     assert len(ClipPool.from_stems(tmp_path / "out", "instr")) == 2
 
 
+@pytest.mark.slow
 def test_broken_clip_is_recorded_not_fatal(tiny_demucs, tmp_path):
     from corpus_tools.stems import stem_clips
 

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.text import (
-    BLANK_ID,
-    VOCAB,
-    WORD_SEPARATOR_ID,
-    ctc_collapse,
-    encode,
-    ids_to_text,
-    normalize_text,
-    spell_en,
-    spell_nl,
-)
+from corpus_tools.text import normalize_text, spell_en, spell_nl
+from trainer.text import BLANK_ID, VOCAB, WORD_SEPARATOR_ID, ctc_collapse, encode, ids_to_text
 
 
 def test_vocabulary_order():
@@ -79,7 +70,7 @@ def test_quotation_marks_become_spaces_but_clitics_stay(raw, lang, expected):
 
 
 def test_clitic_lists_are_data_files():
-    from trainer.text import CLITICS_DIR, leading_clitics
+    from corpus_tools.text import CLITICS_DIR, leading_clitics
 
     for lang in ("nl", "en"):
         assert (CLITICS_DIR / f"{lang}.txt").is_file()

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from trainer import safe_load
+from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_SUFFIX = ".damaged"
@@ -243,8 +244,6 @@ def load_model(path: str | Path, *, map_location: str | torch.device = "cpu", tr
 
 def model_from_checkpoint(ckpt: Any, path: str | Path = "the checkpoint"):
     """The ``Wav2Vec2ForPreTraining`` (eval mode) of a loaded checkpoint dict of ours."""
-    from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining
-
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{path} is not a trainer checkpoint (needs 'config' and 'model'); "
                          "for HF or fairseq weights use trainer.hf.load_pretrained")

@@ -1,12 +1,13 @@
-"""The ``trainer`` command line: pretrain, finetune, evaluate, plot, export-hf."""
+"""The ``trainer`` command line: pretrain, plot, export-hf, finetune, evaluate, export-hf-ctc, subset.
+
+Each sub-command lives in ``trainer/commands/<name>_cmd.py`` and exposes ``register(app)``.
+"""
 
 from __future__ import annotations
 
-import importlib
-
 import typer
 
-from corpus_tools.clihelp import reflow_help
+from corpus_tools.clihelp import register_commands
 
 app = typer.Typer(
     name="trainer",
@@ -19,8 +20,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-COMMAND_MODULES = ("pretrain_cmd", "finetune_cmd")
-
+COMMAND_MODULES = ("pretrain_cmd", "plot_cmd", "export_hf_cmd", "finetune_cmd", "evaluate_cmd", "export_hf_ctc_cmd",
+                   "subset_cmd")
 
 
 @app.callback()
@@ -28,9 +29,7 @@ def _root() -> None:
     """wav2vec 2.0 pre-training and CTC fine-tuning."""
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"trainer.commands.{_name}").register(app)
-reflow_help(app)
+register_commands(app, "trainer.commands", COMMAND_MODULES)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""wav2vec 2.0 with a CTC head for speech recognition (thesis §5.2.4, SPEC §6).
+"""wav2vec 2.0 with a CTC head for speech recognition (thesis §5.2.4).
 
 ``Wav2Vec2ForCTC`` = the pre-trained backbone (``trainer.model.Wav2Vec2``: CNN → projection →
 mask → transformer; no quantizer) + dropout + one Linear layer on the last transformer layer's
@@ -27,8 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corpus_tools.audio import SAMPLE_RATE
+from trainer import safe_load
+from trainer.checkpoint import CHECKPOINT_DIR, latest_checkpoint, load_checkpoint
+from trainer.hf import load_pretrained, state_dict_to_hf, to_hf_config
 from trainer.masking import span_mask
-from trainer.model import Wav2Vec2, Wav2Vec2Config
+from trainer.model import Wav2Vec2, Wav2Vec2Config, load_config
 from trainer.text import BLANK_ID, VOCAB
 
 CTC_KIND = "ctc"
@@ -113,8 +117,6 @@ def ctc_config(cfg: Wav2Vec2Config, overrides: dict[str, Any] | None = None) -> 
 
 def is_ctc_checkpoint(path: str | Path, *, trust: bool = False) -> bool:
     """True for a file written by ``trainer finetune`` (cheap enough: our checkpoints are small dicts)."""
-    from trainer import safe_load
-
     path = Path(path)
     if not path.is_file() or path.suffix != ".pt":
         return False
@@ -127,8 +129,6 @@ def is_ctc_checkpoint(path: str | Path, *, trust: bool = False) -> bool:
 
 def resolve_ctc_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, or for a run directory its ``best.pt`` (best validation WER), else its latest step."""
-    from trainer.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-
     path = Path(path)
     if path.is_dir():
         best = path / CHECKPOINT_DIR / "best.pt"
@@ -145,8 +145,6 @@ def load_ctc_model(path: str | Path, *, map_location: str | torch.device = "cpu"
                    overrides: dict[str, Any] | None = None, trust: bool = False) -> Wav2Vec2ForCTC:
     """A ``Wav2Vec2ForCTC`` from a fine-tuning checkpoint or run directory (eval mode); read
     without running code from the file unless ``trust`` (``trainer.safe_load``)."""
-    from trainer.checkpoint import load_checkpoint
-
     path = resolve_ctc_checkpoint(path)
     ckpt = load_checkpoint(path, trust=trust)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CTC_KIND:
@@ -166,8 +164,6 @@ def init_ctc_model(init: str | Path | None, *, config: str | None = None, overri
     head is kept too). ``init=None`` builds a randomly initialised backbone of the named
     ``config`` (tests, ablations).
     """
-    from trainer.model import load_config
-
     if init is None:
         if config is None:
             raise ValueError("give an --init checkpoint or a --config for a random backbone")
@@ -177,8 +173,6 @@ def init_ctc_model(init: str | Path | None, *, config: str | None = None, overri
     if not init.exists():
         raise FileNotFoundError(f"--init {init} does not exist")
     if init.is_dir() and not (init / "config.json").exists():
-        from trainer.checkpoint import CHECKPOINT_DIR, latest_checkpoint
-
         found = latest_checkpoint(init) or (init / CHECKPOINT_DIR / "best.pt")
         if not found.exists():
             raise FileNotFoundError(f"{init} is neither a Hugging Face folder (config.json) nor a run directory "
@@ -189,8 +183,6 @@ def init_ctc_model(init: str | Path | None, *, config: str | None = None, overri
         model.final_dropout = float(final_dropout)
         model.dropout.p = float(final_dropout)
         return model.train()
-    from trainer.hf import load_pretrained
-
     pre = load_pretrained(init, trust=trust)
     model = Wav2Vec2ForCTC(ctc_config(pre.cfg, overrides), final_dropout=final_dropout)
     model.wav2vec2.load_state_dict(pre.wav2vec2.state_dict())
@@ -203,8 +195,6 @@ def init_ctc_model(init: str | Path | None, *, config: str | None = None, overri
 
 def hf_ctc_config(model: Wav2Vec2ForCTC):
     """``transformers.Wav2Vec2Config`` of a CTC model: the backbone mapping of ``trainer.hf`` + the head."""
-    from trainer.hf import to_hf_config
-
     hf_cfg = to_hf_config(model.cfg)
     hf_cfg.vocab_size = len(model.vocab)
     hf_cfg.pad_token_id = BLANK_ID          # HF's CTC blank is the pad token
@@ -219,8 +209,6 @@ def hf_ctc_config(model: Wav2Vec2ForCTC):
 
 def ctc_state_dict_to_hf(model: Wav2Vec2ForCTC) -> dict[str, torch.Tensor]:
     """Our CTC state dict under HF ``Wav2Vec2ForCTC`` names (backbone via ``trainer.hf.state_dict_to_hf``)."""
-    from trainer.hf import state_dict_to_hf
-
     backbone = {k: v for k, v in model.state_dict().items() if k.startswith("wav2vec2.")}
     out = state_dict_to_hf(backbone, model.cfg)
     out["lm_head.weight"] = model.lm_head.weight.detach().clone()
@@ -235,7 +223,7 @@ def export_hf_ctc(ckpt: str | Path | Wav2Vec2ForCTC, out_dir: str | Path, *, tru
     ``<blank>`` = pad token = id 0, ``|`` word delimiter; the blank doubles as unk token, so the
     tokenizer has exactly the model's 29 ids) and the same feature extractor as ``trainer export-hf``
     (raw 16 kHz waveform, no normalisation). Text fed to the tokenizer must be normalised with
-    ``trainer.text.normalize_text`` first.
+    ``corpus_tools.text.normalize_text`` first.
     """
     import json as _json
 
@@ -255,7 +243,7 @@ def export_hf_ctc(ckpt: str | Path | Wav2Vec2ForCTC, out_dir: str | Path, *, tru
     blank = model.vocab[BLANK_ID]
     tokenizer = Wav2Vec2CTCTokenizer(str(vocab_path), pad_token=blank, unk_token=blank, bos_token=None,
                                      eos_token=None, word_delimiter_token="|", do_lower_case=False)
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=False,
                                          return_attention_mask=True)
     Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer).save_pretrained(out)
     return out

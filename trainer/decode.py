@@ -1,4 +1,4 @@
-"""Decoding CTC output and scoring it (SPEC §6): greedy letters, 4-gram LM beam search, WER/CER.
+"""Decoding CTC output and scoring it: greedy letters, 4-gram LM beam search, WER/CER.
 
 * ``greedy_decode``: arg-max per frame, merge repeats, drop blanks, ``|`` → space.
 * ``BeamSearchDecoder``: lexicon-constrained word decoding with an n-gram LM through
@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import tempfile
@@ -27,8 +28,13 @@ from typing import Iterable, Sequence
 
 import torch
 
+from corpus_tools.atomic import atomic_path, write_text
 from corpus_tools.bad_data import DEFAULT_MAX_BAD_FRACTION, BadDataTally
-from trainer.text import BLANK, VOCAB, WORD_SEPARATOR, ctc_collapse, ids_to_text, normalize_text
+from corpus_tools.data.stream import ShardBatchStream, make_loader
+from corpus_tools.progress import counting
+from trainer.ctc import load_ctc_model
+from corpus_tools.text import normalize_text
+from trainer.text import BLANK, VOCAB, WORD_SEPARATOR, ctc_collapse, ids_to_text
 
 UNK_WORD = "<unk>"
 # "a beam size and threshold of 50" (thesis §5.3.2): the threshold is set here, not left to
@@ -202,8 +208,6 @@ def set_names(sources: Sequence[str]) -> list[tuple[str, str]]:
 
 def _batches(shards: str, batch_seconds: float):
     """One pass over a shard set in file order (no shuffling, no cropping of long utterances)."""
-    from corpus_tools.reader import ShardBatchStream, make_loader
-
     stream = ShardBatchStream(shards, batch_seconds, rank=0, world_size=1, infinite=False, shuffle=False,
                               max_utterance_seconds=max(batch_seconds, 1e9), max_span_seconds=None)
     return make_loader(stream, 0)
@@ -228,8 +232,6 @@ def evaluate(ckpt: str | Path, shard_sets: Sequence[str], *, lm: str | Path | No
     shards' language field). ``model`` (a ``Wav2Vec2ForCTC``) skips loading ``ckpt``; ``trust``
     loads a checkpoint that needs more than plain types (``trainer.safe_load``).
     """
-    from trainer.ctc import load_ctc_model
-
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if model is None:
         model = load_ctc_model(ckpt, map_location=dev, trust=trust)
@@ -249,33 +251,32 @@ def evaluate(ckpt: str | Path, shard_sets: Sequence[str], *, lm: str | Path | No
         for name, path in set_names(list(shard_sets)):
             refs, greedy, lm_hyps, seconds = [], [], [], 0.0
             bad = BadDataTally(max_bad_fraction)
-            bar = _bar(progress, name)
-            for batch in _batches(path, batch_seconds):
-                bad.add(*bad.count(len(batch), batch.skipped))
-                bad.check()
-                if len(batch) == 0:
-                    continue
-                seconds += batch.seconds
-                audio, lengths = batch.audio.to(dev), batch.lengths.to(dev)
-                with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-                    o = model(audio, lengths)
-                logits, frame_lengths = o["logits"].float(), o["frame_lengths"]
-                g = greedy_decode(logits, frame_lengths)
-                b = beam(logits, frame_lengths) if beam is not None else [None] * len(g)
-                for key, meta, gh, bh in zip(batch.keys, batch.meta, g, b):
-                    raw, ref = _reference(meta, language, digits)
-                    refs.append(ref)
-                    greedy.append(gh)
-                    if bh is not None:
-                        lm_hyps.append(bh)
-                    if jsonl is not None:
-                        rec = {"set": name, "key": key, "id": meta.get("id", key), "reference_raw": raw,
-                               "reference": ref, "greedy": gh}
+            with counting(f"decoding {name}", "utt", enabled=progress) as advance:
+                for batch in _batches(path, batch_seconds):
+                    bad.add(*bad.count(len(batch), batch.skipped))
+                    bad.check()
+                    if len(batch) == 0:
+                        continue
+                    seconds += batch.seconds
+                    audio, lengths = batch.audio.to(dev), batch.lengths.to(dev)
+                    with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
+                        o = model(audio, lengths)
+                    logits, frame_lengths = o["logits"].float(), o["frame_lengths"]
+                    g = greedy_decode(logits, frame_lengths)
+                    b = beam(logits, frame_lengths) if beam is not None else [None] * len(g)
+                    for key, meta, gh, bh in zip(batch.keys, batch.meta, g, b):
+                        raw, ref = _reference(meta, language, digits)
+                        refs.append(ref)
+                        greedy.append(gh)
                         if bh is not None:
-                            rec["lm"] = bh
-                        jsonl.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                bar.update(len(g))
-            bar.close()
+                            lm_hyps.append(bh)
+                        if jsonl is not None:
+                            rec = {"set": name, "key": key, "id": meta.get("id", key), "reference_raw": raw,
+                                   "reference": ref, "greedy": gh}
+                            if bh is not None:
+                                rec["lm"] = bh
+                            jsonl.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                    advance(len(g))
             ge = error_rates(refs, greedy)
             row = {"set": name, "path": path, "utterances": len(refs), "hours": seconds / 3600,
                    "greedy_wer": ge.wer, "greedy_cer": ge.cer, "ref_words": ge.ref_words,
@@ -290,12 +291,6 @@ def evaluate(ckpt: str | Path, shard_sets: Sequence[str], *, lm: str | Path | No
     if out is not None:
         write_summary(rows, out)
     return rows
-
-
-def _bar(enabled: bool, name: str):
-    from tqdm import tqdm
-
-    return tqdm(desc=f"decoding {name}", unit="utt", disable=not enabled, dynamic_ncols=True)
 
 
 def summary_markdown(rows: list[dict]) -> str:
@@ -321,13 +316,11 @@ def _pct(x: float) -> str:
 
 def write_summary(rows: list[dict], out_dir: str | Path) -> None:
     """``summary.json``, ``summary.csv`` and ``summary.md`` in ``out_dir``."""
-    import csv
-
     out = Path(out_dir)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    write_text(out / "summary.json", json.dumps(rows, indent=2))
     keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(out / "summary.csv", "w", newline="") as f:
+    with atomic_path(out / "summary.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    (out / "summary.md").write_text(summary_markdown(rows))
+    write_text(out / "summary.md", summary_markdown(rows))

@@ -1,4 +1,4 @@
-"""CTC fine-tuning of a pre-trained wav2vec 2.0 model (thesis §5.2.4, §6.2.1; SPEC §6).
+"""CTC fine-tuning of a pre-trained wav2vec 2.0 model (thesis §5.2.4, §6.2.1).
 
 Recipe (defaults, all from the thesis / nanow2v2's ``ft_asr`` config):
 
@@ -13,8 +13,8 @@ Recipe (defaults, all from the thesis / nanow2v2's ``ft_asr`` config):
 * Mask p = 0.05 (span 10), dropout 0.1, batches of 200 s of audio.
 * Label budgets as presets (``trainer/configs/finetune_{10m,1h,10h,100h,960h}.yaml``): 12 k / 13 k /
   20 k / 80 k / 320 k steps; the preset's ``label_hours`` draws a subset of the training data by
-  duration (``draw_subset``) when the data holds more than 5 % over that (``WHOLE_SET_TOLERANCE``);
-  a standard split within 5 % of the budget (train-clean-100: 100.6 h) is used whole.
+  duration (``corpus_tools.subset``) when the data holds more than 5 % over that; a standard split
+  within 5 % of the budget (train-clean-100: 100.6 h) is used whole.
 
 Freezing under DDP. DDP registers only the parameters that require a gradient when it is
 constructed, so parameters unfrozen later would never be all-reduced. We freeze with
@@ -29,46 +29,35 @@ Checkpoints and resume work as in pre-training: ``RUN/checkpoints/step_N.pt`` (m
 step, RNG per rank, data position), ``best.pt`` by validation WER, ``--resume`` (from the newest
 checkpoint that loads). So do the guards of a long run: bad utterances skipped and counted
 (``--max-bad-fraction``), non-finite steps not applied and divergence stopped
-(``--max-bad-steps``), checkpoints read without running their code (``--trust-checkpoint``).
+(``--max-bad-steps``), checkpoints read without running their code (``--trust-checkpoint``),
+all from ``trainer.runtime``. Presets are ``trainer.presets``, CTC targets ``trainer.labels``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
-import hashlib
-import json
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from corpus_tools.audio import SAMPLE_RATE
 from corpus_tools.bad_data import DEFAULT_MAX_BAD_FRACTION
+from corpus_tools.subset import prepare_training_data
 from trainer import checkpoint as ckpt_lib
+from trainer import runtime as rt
 from trainer.ctc import Wav2Vec2ForCTC, ctc_loss, init_ctc_model
-from trainer.guard import DEFAULT_MAX_BAD_STEPS, StepGuard, step_verdict, weights_finite
 from trainer.decode import error_rates, greedy_decode
-from trainer.text import encode, ids_to_text, normalize_text
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-PRESETS = ("10m", "1h", "10h", "100h", "960h")
-MANIFEST_SUFFIXES = (".parquet", ".csv", ".tsv")
-SAMPLE_RATE = 16_000
-# A label budget uses the whole training set when the set holds at most this fraction more
-# (train-clean-100: 100.6 h for the 100 h preset).
-WHOLE_SET_TOLERANCE = 0.05
-
-# Defaults without a preset; a preset's `train:`/`model:` sections and then the command line override them.
-DEFAULT_TRAIN: dict[str, Any] = dict(
-    steps=20_000, batch_seconds=200.0, accumulation=1, lr=5e-5, freeze_transformer_steps=5_000,
-    label_hours=None, log_every=100, val_every=1_000, ckpt_every=1_000, final_dropout=0.0,
-)
-DEFAULT_MODEL: dict[str, Any] = dict(dropout=0.1, attention_dropout=0.1, mask_prob=0.05, mask_length=10)
+from trainer.guard import DEFAULT_MAX_BAD_STEPS, StepGuard, step_verdict, weights_finite
+from trainer.labels import check_transcripts, targets_for
+from trainer.model import Wav2Vec2Config
+from trainer.presets import DEFAULT_MODEL, DEFAULT_TRAIN, load_preset
+from trainer.runlog import RunLog
+from trainer.schedules import Schedule
+from trainer.text import ids_to_text
 
 
 @dataclass
@@ -122,35 +111,6 @@ FINETUNE_KEYS = ckpt_lib.TRAINING_KEYS + ("vocab", "final_dropout", "best_wer", 
 # settings
 
 
-def preset_path(preset: str) -> Path:
-    """``10m`` → ``trainer/configs/finetune_10m.yaml``; a path is taken as is."""
-    p = Path(preset)
-    if p.suffix in (".yaml", ".yml"):
-        if not p.exists():
-            raise FileNotFoundError(f"preset file not found: {p}")
-        return p
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; use one of {', '.join(PRESETS)} or a YAML file")
-    return CONFIG_DIR / f"finetune_{preset}.yaml"
-
-
-def load_preset(preset: str | None) -> dict[str, dict[str, Any]]:
-    """``{"model": {...}, "train": {...}}`` of a preset (empty sections without one)."""
-    import yaml
-
-    if preset is None:
-        return {"model": {}, "train": {}}
-    path = preset_path(preset)
-    data = yaml.safe_load(path.read_text()) or {}
-    unknown = sorted(set(data) - {"model", "train", "description"})
-    if unknown:
-        raise ValueError(f"{path}: unknown top-level keys {unknown}")
-    bad = sorted(set(data.get("train") or {}) - set(DEFAULT_TRAIN))
-    if bad:
-        raise ValueError(f"{path}: unknown train keys {bad}; known: {sorted(DEFAULT_TRAIN)}")
-    return {"model": dict(data.get("model") or {}), "train": dict(data.get("train") or {})}
-
-
 def resolve_settings(args: FinetuneArgs) -> tuple[dict[str, Any], dict[str, Any]]:
     """(train settings, model-config overrides): defaults ← preset ← command line."""
     preset = load_preset(args.preset)
@@ -170,218 +130,13 @@ def resolve_settings(args: FinetuneArgs) -> tuple[dict[str, Any], dict[str, Any]
     return train, model
 
 
-# ---------------------------------------------------------------------------------------------
-# label subsets
-
-
-def draw_subset(durations: list[float], hours: float, seed: int) -> list[int]:
-    """Indices of a random subset holding ``hours`` of audio (sorted).
-
-    The items are visited in a random order (``seed``) and taken while the total stays below the
-    budget, so the subset holds ≥ ``hours`` minus less than one utterance, and the same seed and
-    list give the same subset. Smaller budgets of one seed are nested in bigger ones.
-    """
-    if hours <= 0:
-        raise ValueError("hours must be positive")
-    budget = hours * 3600.0
-    order = np.random.default_rng(seed).permutation(len(durations))
-    taken, total = [], 0.0
-    for i in order:
-        if total >= budget:
-            break
-        taken.append(int(i))
-        total += float(durations[i])
-    return sorted(taken)
-
-
-def subset_manifest(df, hours: float, seed: int):
-    """Rows of a segments manifest (polars) holding ``hours`` of audio, drawn by ``draw_subset``."""
-    import polars as pl
-
-    df = df.sort("segment_id")
-    durations = df.select(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start"))).to_series().to_list()
-    return df[draw_subset(durations, hours, seed)]
-
-
-def shard_index(src) -> list[dict]:
-    """``{key, shard, offset, size, data, meta, seconds}`` per utterance of a shard set (headers + json only)."""
-    from corpus_tools.reader import list_shards, read_shard_records
-
-    out = []
-    for path in list_shards(src):
-        for rec in read_shard_records(path):
-            out.append({"key": rec.key, "shard": path, "offset": rec.offset, "size": rec.size, "data": rec.data,
-                        "meta": rec.meta, "seconds": rec.num_frames / SAMPLE_RATE})
-    return out
-
-
-def _audio_bytes(item: dict) -> bytes:
-    if item["data"] is not None:
-        return item["data"]
-    with open(item["shard"], "rb") as f:
-        f.seek(item["offset"])
-        return f.read(item["size"])
-
-
-def subset_shards(src, out_dir: str | Path, hours: float, seed: int, *, samples_per_shard: int = 5000,
-                  items: list[dict] | None = None) -> dict:
-    """Copy a ``hours`` subset of a shard set (audio bytes as they are) into new shards in ``out_dir``.
-
-    Utterances are ordered by length before cutting shards (length-sorted bins, as
-    ``corpus shard``). A ``subset.json`` records the choice; a rerun with the same source,
-    hours and seed reuses the folder.
-    """
-    from corpus_tools.shards import write_one_shard
-
-    items = sorted(shard_index(src) if items is None else items, key=lambda it: it["key"])
-    if not items:
-        raise FileNotFoundError(f"no utterances in {src}")
-    chosen = [items[i] for i in draw_subset([it["seconds"] for it in items], hours, seed)]
-    digest = hashlib.sha256("\n".join(f"{it['shard']}:{it['key']}" for it in chosen).encode()).hexdigest()
-    out = Path(out_dir)
-    marker = out / "subset.json"
-    info = {"source": [str(s) for s in ([src] if isinstance(src, (str, Path)) else src)], "hours": hours,
-            "seed": seed, "utterances": len(chosen), "selected_hours": sum(it["seconds"] for it in chosen) / 3600,
-            "available_hours": sum(it["seconds"] for it in items) / 3600, "digest": digest}
-    if marker.exists() and json.loads(marker.read_text()).get("digest") == digest:
-        return info
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.tar"):
-        old.unlink()
-    chosen.sort(key=lambda it: (it["seconds"], it["key"]))
-    groups = [chosen[i:i + samples_per_shard] for i in range(0, len(chosen), samples_per_shard)]
-    for g, group in enumerate(groups):
-        partial = g == len(groups) - 1 and len(group) < samples_per_shard
-        name = f"subset.{g:06d}.partial.tar" if partial else f"subset.{g:06d}.tar"
-        # Keys may repeat across source shard sets: prefix with the position when they do.
-        keys = [it["key"] for it in group]
-        clash = len(set(keys)) < len(keys)
-        write_one_shard(out / name, [((f"{i:07d}_{it['key']}" if clash else it["key"]), _audio_bytes(it), it["meta"])
-                                     for i, it in enumerate(group)])
-    marker.write_text(json.dumps(info, indent=2))
-    return info
-
-
-def is_manifest(src: str) -> bool:
-    return isinstance(src, (str, Path)) and Path(src).suffix in MANIFEST_SUFFIXES and Path(src).is_file()
-
-
-def uses_whole_set(available_hours: float, label_hours: float) -> bool:
-    """Whether a label budget takes all the data: it holds at most ``WHOLE_SET_TOLERANCE`` more.
-
-    Standard splits are a little over their nominal size (train-clean-100 is 100.6 h); a
-    random trim of the last fraction would make the 100 h preset train on an arbitrary
-    99.4 % of the split the literature reports on.
-    """
-    return available_hours <= (1.0 + WHOLE_SET_TOLERANCE) * label_hours
-
-
-def _whole_set_message(what: str, available: float, label_hours: float) -> str:
-    over = "≤" if available <= label_hours else f"within {100 * WHOLE_SET_TOLERANCE:g} % of"
-    return f"{what} {available:.3f} h, {over} the {label_hours:g} h label budget: using them all"
-
-
-def prepare_training_data(src: str, label_hours: float | None, seed: int, run_dir: Path,
-                          log=print) -> tuple[str, dict]:
-    """The shard set to train on: ``src`` itself, a label subset of it, or shards written from a manifest.
-
-    A label budget draws a subset only from data holding more than ``1 + WHOLE_SET_TOLERANCE``
-    times the budget (``uses_whole_set``); otherwise all the data is used.
-    """
-    info: dict[str, Any] = {"source": str(src)}
-    if is_manifest(src):
-        import polars as pl
-
-        from corpus_tools.manifests import read_segments
-        from corpus_tools.shards import write_shards
-
-        from corpus_tools.splits import select_segments
-
-        # Labels come from training rows only: a manifest that also holds dev/test rows must not
-        # train on them, and the label budget is drawn from what is trained on.
-        df, left_out = select_segments(read_segments(src), "train")
-        if left_out:
-            log(f"{src}: {left_out.message().split(';')[0]}")
-        if df.height == 0:
-            raise ValueError(f"{src} holds no training rows (its split column marks every row dev or "
-                             "test); fine-tune on a manifest with train rows")
-        if label_hours is not None:
-            seconds = df.select(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start")).sum()).item()
-            available = float(seconds or 0.0) / 3600
-            if uses_whole_set(available, label_hours):
-                log(_whole_set_message("the training manifest holds", available, label_hours))
-                info.update(available_hours=available, selected_hours=available)
-            else:
-                df = subset_manifest(df, label_hours, seed)
-                info.update(hours=label_hours, seed=seed)
-        folder = run_dir / "data" / "train"
-        log(f"writing {df.height} labelled segments to shards in {folder}")
-        write_shards(df, folder, progress=True, overwrite=True, seed=seed)
-        info.update(shards=str(folder), utterances=df.height)
-        return str(folder), info
-    if label_hours is None:
-        return src, info
-    items = shard_index(src)
-    available = sum(it["seconds"] for it in items) / 3600
-    if uses_whole_set(available, label_hours):
-        log(_whole_set_message("the training shards hold", available, label_hours))
-        info.update(available_hours=available, selected_hours=available, utterances=len(items))
-        return src, info
-    folder = run_dir / "data" / f"train-{label_hours:g}h-seed{seed}"
-    sub = subset_shards(src, folder, label_hours, seed, items=items)
-    log(f"label subset: {sub['utterances']} utterances, {sub['selected_hours']:.3f} h of "
-        f"{sub['available_hours']:.3f} h (seed {seed}) in {folder}")
-    info.update(sub, shards=str(folder))
-    return str(folder), info
-
-
-def check_transcripts(src: str, limit: int = 200) -> None:
-    """Fail early (on every rank alike) when the first utterances of a shard set carry no transcript."""
-    from corpus_tools.reader import list_shards, read_shard_records
-
-    seen = 0
-    for path in list_shards(src):
-        for rec in read_shard_records(path, on_bad=lambda event: None):  # the training stream names damage
-            if (rec.meta.get("transcript") or rec.meta.get("transcription") or "").strip():
-                return
-            seen += 1
-            if seen >= limit:
-                break
-        if seen >= limit:
-            break
-    raise ValueError(f"{src}: the first {seen} utterances have no transcript; fine-tuning needs labelled shards "
-                     "(the shard json's `transcript`)")
-
-
-# ---------------------------------------------------------------------------------------------
-# batches → targets
-
-
-def targets_for(batch, language: str | None, digits: str) -> tuple[list[list[int]], torch.Tensor]:
-    """Token ids per utterance and a 0/1 weight: 0 for an empty transcript or a cropped utterance."""
-    targets, weights = [], []
-    for meta, n in zip(batch.meta, batch.lengths.tolist()):
-        raw = meta.get("transcript") or meta.get("transcription") or ""
-        lang = language or meta.get("language") or meta.get("language_tag") or "en"
-        ids = encode(normalize_text(raw, lang, digits=digits))
-        cropped = int(meta.get("num_frames") or n) > n
-        targets.append(ids)
-        weights.append(0.0 if (not ids or cropped) else 1.0)
-    return targets, torch.tensor(weights)
-
-
 def make_stream(shards: str, batch_seconds: float, args: FinetuneArgs, dist, *, train: bool, start_batch: int = 0):
     """Training: infinite shuffled stream; validation: one pass in file order. Never crops
     (an utterance longer than the batch is left out of the loss, see ``targets_for``)."""
-    from corpus_tools.reader import ShardBatchStream, make_loader
-
-    stream = ShardBatchStream(shards, batch_seconds, seed=args.seed, rank=dist.rank, world_size=dist.world,
-                              infinite=train, shuffle=train, shuffle_buffer=args.shuffle_buffer,
-                              bucket_buffer=args.bucket_buffer, max_utterance_seconds=batch_seconds,
-                              max_span_seconds=args.max_span_seconds if train else None,
-                              transform=args.transform if train else None, start_batch=start_batch)
-    workers = args.num_workers if args.num_workers is not None else (4 if dist.device.type == "cuda" else 0)
-    return make_loader(stream, workers if train else min(workers, 1), pin_memory=dist.device.type == "cuda")
+    return rt.shard_loader(shards, batch_seconds, args, dist, train=train, start_batch=start_batch,
+                           max_utterance_seconds=batch_seconds,
+                           max_span_seconds=args.max_span_seconds if train else None,
+                           transform=args.transform if train else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,40 +186,9 @@ def validate(model: Wav2Vec2ForCTC, shards: str, batch_seconds: float, args: Fin
 # the loop
 
 
-def _wrap(model: Wav2Vec2ForCTC, dist):
-    """A DDP wrapper registering the parameters that are trainable *now* (see the module docstring)."""
-    if not dist.ddp:
-        return model
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[dist.local_rank] if dist.device.type == "cuda" else None, broadcast_buffers=False)
-
-
-def _save(run_dir: Path, model: Wav2Vec2ForCTC, optimizer, state: dict, schedule, args: FinetuneArgs,
-          train: dict, data_info: dict, dist, extra: dict) -> None:
-    from trainer.pretrain import on_main, save_checkpoint_file
-
-    rng = [ckpt_lib.rng_state()]
-    if dist.ddp:
-        rng = [None] * dist.world
-        torch.distributed.all_gather_object(rng, ckpt_lib.rng_state())
-
-    def save() -> None:
-        save_checkpoint_file({
-            **model.checkpoint_dict(), "optimizer": optimizer.state_dict(), "step": state["step"],
-            "hours_seen": state["hours_seen"], "best_wer": state["best_wer"], "schedule": schedule.to_dict(),
-            "args": ckpt_lib.plain_args(args), "train": train, "data": {**data_info, "batches_per_rank": state["step"] * int(
-                train["accumulation"]), "seed": args.seed}, "rng": rng, "world_size": dist.world, **extra,
-        }, ckpt_lib.step_checkpoint_path(run_dir, state["step"]), run_dir)
-        ckpt_lib.prune_checkpoints(run_dir, args.keep_checkpoints)
-
-    on_main(dist, save)
-
-
 def _ctc_model(args: FinetuneArgs, ckpt: dict | None, model_overrides: dict, train: dict) -> Wav2Vec2ForCTC:
     """The model to fine-tune: resumed from ``ckpt``, or initialised from ``--init`` (or a random backbone)."""
     if ckpt is not None:
-        from trainer.model import Wav2Vec2Config
-
         model = Wav2Vec2ForCTC(Wav2Vec2Config.from_dict(ckpt["config"]), ckpt["vocab"], ckpt["final_dropout"])
         model.load_state_dict(ckpt["model"])
         return model
@@ -478,31 +202,17 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
     Stops like ``trainer.pretrain.pretrain``: ``DivergedError``, ``BadDataError`` or
     ``CheckpointSaveError`` on every rank alike, after logging what happened.
     """
-    from trainer.pretrain import (RUN_STOPS, Dist, RunLog, StepCounts, all_reduce_sum, bad_data_tally, divergence,
-                                  forward_backward, load_resume_checkpoint, on_main, robust_state,
-                                  save_checkpoint_file, setup_distributed)
-    from trainer.schedules import Schedule
-
     if args.digits not in ("spell", "drop"):
         raise ValueError("digits must be 'spell' or 'drop'")
-    dist: Dist = setup_distributed()
-    torch.manual_seed(args.seed + dist.rank)
-    np.random.seed(args.seed + dist.rank)
-    random.seed(args.seed + dist.rank)
-    if dist.device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    dist = rt.start_run(args.seed)
     train, model_overrides = resolve_settings(args)
     run_dir = Path(args.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-
-    def say(msg: str) -> None:
-        if dist.main and not args.quiet:
-            print(f"[finetune] {msg}", flush=True)
+    say = rt.sayer(dist, args.quiet, "[finetune]")
 
     # The model first: a checkpoint that cannot be used fails before any data is written.
-    resume_from, ckpt = load_resume_checkpoint(run_dir, args.resume, dist, trust=args.trust_checkpoint,
-                                               required=FINETUNE_KEYS)
+    resume_from, ckpt = rt.load_resume_checkpoint(run_dir, args.resume, dist, trust=args.trust_checkpoint,
+                                                  required=FINETUNE_KEYS)
     model = _ctc_model(args, ckpt, model_overrides, train)
 
     # Data: rank 0 writes a label subset (if any) while the others wait.
@@ -525,36 +235,29 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
     optimizer = torch.optim.Adam(model.finetunable_parameters(), lr=peak_lr, betas=(0.9, 0.98), eps=1e-8,
                                  weight_decay=0.0, fused=dist.device.type == "cuda")
     state = {"step": 0, "hours_seen": 0.0, "best_wer": math.inf}
-    data, guard = bad_data_tally(args, dist, "[finetune]"), StepGuard(args.max_bad_steps)
+    data, guard = rt.bad_data_tally(args, "[finetune]"), StepGuard(args.max_bad_steps)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state.update(step=ckpt["step"], hours_seen=ckpt["hours_seen"], best_wer=ckpt["best_wer"])
-        data.load_state(ckpt.get("bad_data"))
-        guard.load_state(ckpt.get("guard"))
+        rt.resume_state(ckpt, state, optimizer, data, guard)
         say(f"resumed from {resume_from} at step {state['step']}")
 
-    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and dist.device.type == "cuda")
-    autocast = (torch.autocast(device_type=dist.device.type, dtype=torch.bfloat16) if use_bf16
-                else contextlib.nullcontext())
+    autocast, use_bf16 = rt.autocast_for(args.precision, dist)
     batches = iter(make_stream(shards, per_gpu, args, dist, train=True, start_batch=state["step"] * accum))
     if ckpt is not None:
-        rng = ckpt["rng"]
-        if ckpt.get("world_size") == dist.world and len(rng) == dist.world:
-            ckpt_lib.set_rng_state(rng[dist.rank])
-        else:
-            say(f"world size changed ({ckpt.get('world_size')} → {dist.world}): RNG re-seeded")
+        rt.restore_rng(ckpt, dist, say)
     log = RunLog(run_dir, dist.main, args.tensorboard, start_step=state["step"])
     last_step = min(steps, args.stop_after) if args.stop_after else steps
+    plan = rt.StepPlan(run_dir, last_step, int(train["log_every"]), int(train["ckpt_every"]),
+                       clipped=bool(args.max_grad_norm))
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{model.cfg.name}: {n_params / 1e6:.1f} M parameters on {dist.device} ({'bf16' if use_bf16 else 'fp32'}); "
         f"batch = {dist.world} GPU(s) × {accum} × {per_gpu:g} s; tri-stage LR {peak_lr / 100:.3g} → {peak_lr:.3g} → "
         f"{peak_lr / 20:.3g}; transformer frozen for {freeze_steps} steps; mask p {model.cfg.mask_prob}, "
         f"dropout {model.cfg.dropout}; steps {state['step']} → {last_step}")
 
-    def train_record(step: int, lr: float, **extra) -> dict:
-        """The interval's log record (reduced over ranks) and the progress line."""
-        nonlocal sums, count, used_utts, seconds, grad_norms, t_log, counts
-        total_loss, total_count, total_used, total_seconds = all_reduce_sum(
+    def train_record(step: int, lr: float, **extra) -> None:
+        """The interval's log record ``rec`` (reduced over ranks) and the progress line."""
+        nonlocal sums, count, used_utts, seconds, grad_norms, t_log, counts, rec
+        total_loss, total_count, total_used, total_seconds = rt.all_reduce_sum(
             [float(sums), count, used_utts, seconds], dist)
         elapsed = time.time() - t_log
         state["hours_seen"] += total_seconds / 3600
@@ -573,14 +276,13 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
         else:
             line = f"step {step}: no update applied since the last log record"
         say(line + counts.summary())
-        sums, count, used_utts, seconds, grad_norms, t_log, counts = 0.0, 0, 0.0, 0.0, [], time.time(), StepCounts()
-        return rec
+        sums, count, used_utts, seconds, grad_norms, t_log, counts = 0.0, 0, 0.0, 0.0, [], time.time(), rt.StepCounts()
 
     frozen = None
     ddp_model = model
     sums, count, used_utts, seconds, grad_norms, t_log, rec = 0.0, 0, 0.0, 0.0, [], time.time(), {}
-    counts = StepCounts()
-    try:
+    counts = rt.StepCounts()
+    with rt.closing(dist, log):
         while state["step"] < last_step:
             step = state["step"]
             want_frozen = step < freeze_steps
@@ -589,7 +291,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
                 if dist.ddp:  # drop the old wrapper (and its reducer's gradient hooks) before building the new one
                     ddp_model = model
                     gc.collect()
-                ddp_model = _wrap(model, dist)
+                ddp_model = rt.ddp_wrap(model, dist)
                 if frozen is not None or step > 0:
                     say(f"step {step}: transformer {'frozen' if want_frozen else 'unfrozen'}")
                 frozen = want_frozen
@@ -606,7 +308,7 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
                 def loss_of(out, _batch, targets=targets, weights=weights):
                     return ctc_loss(out["logits"], out["frame_lengths"], targets, weights)
 
-                out = forward_backward(ddp_model, batch, accum, micro == accum - 1, dist, autocast, loss_of)
+                out = rt.forward_backward(ddp_model, batch, accum, micro == accum - 1, dist, autocast, loss_of)
                 if out is not None:
                     step_loss = step_loss + out["loss"].detach()
                     step_count += 1
@@ -622,23 +324,11 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
                 used_utts, seconds = used_utts + step_used, seconds + step_seconds
                 grad_norms.append(verdict.grad_norm)
             optimizer.zero_grad(set_to_none=True)
-            data.add(verdict.good, verdict.bad, verdict.bad_shards)
-            counts.add(verdict)
             state["step"] = step = step + 1
-            diverged = guard.record(verdict.finite) if verdict.rows else None
-            if diverged is not None:
-                rec = train_record(step, lr, diverged=True, reason=diverged)
-                raise divergence(run_dir, step, diverged, bool(args.max_grad_norm))
-            if data.exceeded() is not None:
-                rec = train_record(step, lr, stopped="too much bad data")
-                data.check()
-
-            checkpoint_now = step % int(train["ckpt_every"]) == 0 or step == last_step
-            if step % int(train["log_every"]) == 0 or checkpoint_now:
-                rec = train_record(step, lr)
+            checkpoint_now = plan.after(step, verdict, data, guard, counts, lambda **why: train_record(step, lr, **why))
 
             if args.val and (step % int(train["val_every"]) == 0 or step == last_step):
-                with torch.random.fork_rng(devices=[dist.device] if dist.device.type == "cuda" else []):
+                with rt.keep_rng(dist):
                     v = validate(model, args.val, per_gpu, args, dist, autocast, data)
                 v = {"split": "val", "step": step, **v, "hours_seen": state["hours_seen"]}
                 log.write(v)
@@ -646,27 +336,18 @@ def finetune(args: FinetuneArgs) -> dict[str, Any]:
                     f"CER {100 * v['cer']:.2f} % ({v['utterances']} utterances)")
                 if not math.isnan(v["wer"]) and v["wer"] < state["best_wer"] and weights_finite(model):
                     state["best_wer"] = v["wer"]
-                    on_main(dist, lambda: save_checkpoint_file(
-                        {**model.checkpoint_dict(), "step": step, "val": v, "hours_seen": state["hours_seen"]},
-                        run_dir / ckpt_lib.CHECKPOINT_DIR / "best.pt", run_dir))
+                    rt.save_best(run_dir, dist, lambda: {**model.checkpoint_dict(), "step": step, "val": v,
+                                                         "hours_seen": state["hours_seen"]})
                 t_log = time.time()
 
             if checkpoint_now:
-                if not weights_finite(model):  # never on disk: stop as diverged instead
-                    reason = "the weights are no longer finite (not saved)"
-                    log.write({"split": "train", "step": step, "diverged": True, "reason": reason})
-                    raise divergence(run_dir, step, reason, bool(args.max_grad_norm))
-                _save(run_dir, model, optimizer, state, schedule, args, train, data_info, dist,
-                      robust_state(data, guard))
-    except RUN_STOPS:  # raised on every rank at the same step
-        log.close()
-        if dist.ddp:
-            torch.distributed.destroy_process_group()
-        raise
-    log.close()
-    if dist.ddp:
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+                plan.check_weights(model, log, step)
+                rt.save_training_checkpoint(run_dir, step, dist, args.keep_checkpoints, lambda rng: {
+                    **model.checkpoint_dict(), "optimizer": optimizer.state_dict(), "step": state["step"],
+                    "hours_seen": state["hours_seen"], "best_wer": state["best_wer"], "schedule": schedule.to_dict(),
+                    "args": ckpt_lib.plain_args(args), "train": train,
+                    "data": {**data_info, "batches_per_rank": state["step"] * int(train["accumulation"]),
+                             "seed": args.seed}, "rng": rng, "world_size": dist.world, **rt.robust_state(data, guard)})
     return {"step": state["step"], "hours_seen": state["hours_seen"], "best_wer": state["best_wer"],
             "run_dir": str(run_dir), "last_train": rec, "model": model, "train": train, "data": data_info,
             "skipped_steps": guard.skipped, "bad_utterances": data.bad, "bad_shards": data.bad_shards}

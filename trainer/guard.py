@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from corpus_tools.audio import SAMPLE_RATE
+from corpus_tools.data.batch import Batch
+
 DEFAULT_MAX_BAD_STEPS = 20
 DIVERGENCE_WINDOW = 100
 DIVERGENCE_SHARE = 0.5
@@ -114,9 +117,7 @@ def step_verdict(loss_sum: torch.Tensor | float, grad_norm: torch.Tensor, rows: 
 
 def dummy_batch(seconds: float = 1.0):
     """A one-row batch of fixed speech-like noise (no RNG drawn) for a rank without data."""
-    from corpus_tools.reader import Batch
-
-    n = int(seconds * 16_000)
+    n = int(seconds * SAMPLE_RATE)
     audio = np.random.default_rng(0x5EED).standard_normal(n).astype(np.float32) * 0.1
     return Batch(torch.from_numpy(audio)[None], torch.tensor([n]), ["<dummy>"], [{}])
 

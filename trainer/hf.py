@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
+from corpus_tools.audio import SAMPLE_RATE
 from trainer import safe_load
-
+from trainer.checkpoint import load_model, model_from_checkpoint
 from trainer.model import Wav2Vec2Config, Wav2Vec2ForPreTraining
 
 HF_ACTIVATIONS = {"gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
@@ -148,20 +149,28 @@ def state_dict_from_hf(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> d
     """
     if not any(k.startswith("wav2vec2.") for k in state):
         state = {f"wav2vec2.{k}": v for k, v in state.items()}
-    inverse = [(theirs, ours) for ours, theirs in _HF_NAMES]
+    state = {key.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
+                 .replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1"): value
+             for key, value in state.items()}
+    return _to_ours(state, cfg, "quantizer.codevectors", _HF_QKV, [(theirs, ours) for ours, theirs in _HF_NAMES])
+
+
+def _to_ours(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config, codevectors: str, qkv_key: re.Pattern,
+             names: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Another implementation's state dict under our names: its codevectors (key ``codevectors``)
+    reshaped per codebook, its separate q/k/v projections (``qkv_key``: layer, q|k|v, weight|bias)
+    joined into our fused ``qkv``, every other key renamed by ``names`` (dropped without one)."""
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, value in state.items():
-        key = key.replace("pos_conv_embed.conv.weight_g", "pos_conv_embed.conv.parametrizations.weight.original0")
-        key = key.replace("pos_conv_embed.conv.weight_v", "pos_conv_embed.conv.parametrizations.weight.original1")
-        if key == "quantizer.codevectors":
-            out[key] = value.reshape(cfg.codebooks, cfg.codebook_entries, -1).clone()
+        if key == codevectors:
+            out["quantizer.codevectors"] = value.reshape(cfg.codebooks, cfg.codebook_entries, -1).clone()
             continue
-        m = _HF_QKV.match(key)
+        m = qkv_key.match(key)
         if m:
             qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
             continue
-        new = _rename(key, inverse)
+        new = _rename(key, names)
         if new is not None:
             out[new] = value
     for (layer, kind), parts in qkv.items():
@@ -172,8 +181,6 @@ def state_dict_from_hf(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config) -> d
 def export_hf(ckpt_path: str | Path, out_dir: str | Path, *, pretraining: bool = True, trust: bool = False) -> Path:
     """Write an HF folder (``config.json``, weights, feature-extractor config) from our checkpoint."""
     from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2ForPreTraining as HFPre, Wav2Vec2Model as HFModel
-
-    from trainer.checkpoint import load_model
 
     model = load_model(ckpt_path, trust=trust)
     cfg = model.cfg
@@ -191,7 +198,7 @@ def export_hf(ckpt_path: str | Path, out_dir: str | Path, *, pretraining: bool =
     out_dir.mkdir(parents=True, exist_ok=True)
     hf_model.save_pretrained(out_dir)
     # Thesis/fairseq BASE: raw waveform, no per-utterance normalisation.
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=False,
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=False,
                              return_attention_mask=True).save_pretrained(out_dir)
     return out_dir
 
@@ -298,22 +305,7 @@ def state_dict_from_fairseq(state: dict[str, torch.Tensor], cfg: Wav2Vec2Config)
     prefix = "w2v_encoder.w2v_model."
     if any(k.startswith(prefix) for k in state):
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        if key == "quantizer.vars":
-            out["quantizer.codevectors"] = value.reshape(cfg.codebooks, cfg.codebook_entries, -1).clone()
-            continue
-        m = _FAIRSEQ_QKV.match(key)
-        if m:
-            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
-            continue
-        new = _rename(key, _FAIRSEQ_NAMES)
-        if new is not None:
-            out[new] = value
-    for (layer, kind), parts in qkv.items():
-        out[f"wav2vec2.context.layers.{layer}.attention.qkv.{kind}"] = torch.cat([parts[c] for c in "qkv"], dim=0)
-    return out
+    return _to_ours(state, cfg, "quantizer.vars", _FAIRSEQ_QKV, _FAIRSEQ_NAMES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,8 +339,6 @@ def load_pretrained(path: str | Path, *, strict_backbone: bool = True, trust: bo
     else:
         ckpt = safe_load.load(path, trust=trust)
         if isinstance(ckpt, dict) and "config" in ckpt and "model" in ckpt:
-            from trainer.checkpoint import model_from_checkpoint
-
             return model_from_checkpoint(ckpt, path)
         cfg = from_fairseq_config(_fairseq_model_cfg(ckpt))
         state = state_dict_from_fairseq(ckpt["model"], cfg)

@@ -9,8 +9,7 @@
 * L_d, diversity: V − perplexity of the batch-averaged softmax, per codebook.
 * L_p, L2 penalty: mean of z² over the valid CNN output values.
 
-Normalisation (``reduction``), chosen explicitly because the references differ
-(research note §1.8):
+Normalisation (``reduction``), chosen explicitly because the references differ:
 
 * ``"sum"`` (default; thesis §5.2.3 and nanow2v2): L = Σ_t CE_t + 0.1 · Σ_g (V − ppl_g) + 10 · mean(z²).
   The contrastive term is summed over the masked frames of the GPU batch; the gradient therefore

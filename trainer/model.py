@@ -41,7 +41,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class Wav2Vec2Config:
-    """All architecture and loss hyper-parameters; defaults are BASE (thesis §5.2, SPEC §5).
+    """All architecture and loss hyper-parameters; defaults are BASE (thesis §5.2).
 
     fairseq names in brackets.
     """

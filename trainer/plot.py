@@ -2,13 +2,15 @@
 
 One PNG per panel group, x axis = optimizer step (and one against hours of audio seen, the
 thesis' central quantity): losses, accuracy, perplexity per codebook, codeword similarity,
-τ / LR / grad norm, throughput.
+τ / LR / grad norm, throughput. The log is read by ``corpus_tools.runs.read_run_log`` (a torn
+last line of a killed run is skipped).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from corpus_tools.runs import field_names, read_run_log
 
 PANELS = {
     "losses": ["loss", "contrastive", "diversity", "l2"],
@@ -20,22 +22,6 @@ PANELS = {
 }
 
 
-def read_log(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"no log.jsonl in {run_dir} (is it a `trainer pretrain --out` folder?)")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _keys(records: list[dict], pattern: str) -> list[str]:
-    if "*" not in pattern:
-        return [pattern] if any(pattern in r for r in records) else []
-    head, tail = pattern.split("*")
-    found = {k for r in records for k in r if k.startswith(head) and k.endswith(tail)
-             and k[len(head):len(k) - len(tail)].isdigit()}
-    return sorted(found)
-
-
 def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write the PNGs (default ``RUN_DIR/plots``); returns their paths."""
     import matplotlib
@@ -43,12 +29,12 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Pat
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_log(run_dir)
+    records = read_run_log(run_dir)
     out = Path(out_dir) if out_dir else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for panel, patterns in PANELS.items():
-        keys = [k for p in patterns for k in _keys(records, p)]
+        keys = [k for p in patterns for k in field_names(records, p)]
         if not keys:
             continue
         fig, axes = plt.subplots(len(keys), 1, figsize=(8, 2.4 * len(keys)), sharex=True, squeeze=False)

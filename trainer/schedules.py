@@ -1,4 +1,4 @@
-"""Learning-rate schedules (SPEC §5) and the batch-size learning-rate heuristics (thesis ch. 5).
+"""Learning-rate schedules and the batch-size learning-rate heuristics (thesis ch. 5).
 
 Every schedule is a pure function of the optimizer step, so resuming needs only the step.
 

@@ -1,8 +1,7 @@
 """The letter vocabulary of CTC fine-tuning: token ids for normalised transcripts.
 
 Normalisation itself (``normalize_text`` and its helpers) lives in :mod:`corpus_tools.text`,
-so that ``corpus shard`` writes the very text the trainer trains on; its names are
-re-exported here for the trainer and older imports.
+so that ``corpus shard`` writes the very text the trainer trains on.
 
 The vocabulary (``VOCAB``; index = CTC class) is, in this order::
 
@@ -14,20 +13,7 @@ before the first or after the last word).
 
 from __future__ import annotations
 
-from corpus_tools.text import (  # noqa: F401  (re-exported: trainer.text is their old home)
-    APOSTROPHE,
-    CLITICS_DIR,
-    DIGIT_POLICIES,
-    LANGUAGES,
-    LETTERS,
-    fold_to_ascii,
-    leading_clitics,
-    normalize_text,
-    spell_en,
-    spell_integer,
-    spell_nl,
-    spell_number,
-)
+from corpus_tools.text import APOSTROPHE, LETTERS
 
 BLANK = "<blank>"
 WORD_SEPARATOR = "|"

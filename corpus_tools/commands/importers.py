@@ -7,6 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from corpus_tools.importers import IMPORTERS
+from corpus_tools.manifests import write_segments
+from corpus_tools.progress import fail, stdout, user_errors
+
 import_app = typer.Typer(
     name="import",
     help=(
@@ -27,6 +31,7 @@ ProgressOpt = Annotated[bool, typer.Option(help="Show a progress bar.")]
 
 
 def _split_list(text: str | None) -> list[str] | None:
+    """Option callback: a comma-separated option arrives in the command as a list."""
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -45,16 +50,14 @@ def manifest_path(out: Path, name: str) -> Path:
     return out / f"{name}.parquet"
 
 
-def _run(name: str, out: Path, **kwargs) -> None:
-    from corpus_tools.importers import IMPORTERS
-    from corpus_tools.manifests import write_segments
-    from corpus_tools.progress import fail, stdout, user_errors
-
+def _run(name: str, root: Path, out: Path, workers: int = 4, progress: bool = False,
+         **options) -> None:
+    """Import ``root`` with importer ``name``, write the manifest and print a summary line."""
     out = manifest_path(out, name)
     with user_errors():
-        df = IMPORTERS[name](**kwargs)
+        df = IMPORTERS[name](root, workers=workers, progress=progress, **options)
         if df.height == 0:
-            raise fail(f"{name}: nothing to import from {kwargs.get('root')}")
+            raise fail(f"{name}: nothing to import from {root}")
         write_segments(df, out)
     hours = float(df["duration"].sum()) / 3600
     speakers = df["speaker"].drop_nulls().n_unique()
@@ -73,7 +76,7 @@ def librispeech(
 
     speaker, session = chapter, transcript; gender from SPEAKERS.TXT when present; split = train/dev/test from the subset folder (train-clean-100 → train, dev-clean → dev, ...).
     """
-    _run("librispeech", out, root=root, workers=workers, progress=progress)
+    _run("librispeech", root, out, workers, progress)
 
 
 @import_app.command("mls")
@@ -81,13 +84,13 @@ def mls(
     root: Annotated[Path, typer.Argument(help="An MLS language folder (e.g. mls_dutch) or one split folder.")],
     out: OutOpt,
     language: Annotated[Optional[str], typer.Option(help="Language tag; default from the folder name (mls_dutch → nl).")] = None,
-    splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits to import (default: all found).")] = None,
+    splits: Annotated[Optional[str], typer.Option(help="Comma-separated splits to import (default: all found).",
+                                                  callback=_split_list)] = None,
     workers: WorkersOpt = 4,
     progress: ProgressOpt = True,
 ) -> None:
     """Multilingual LibriSpeech: {split}/transcripts.txt + {split}/audio/SPK/BOOK/SPK_BOOK_UTT.flac|opus."""
-    _run("mls", out, root=root, language=language, splits=_split_list(splits), workers=workers,
-         progress=progress)
+    _run("mls", root, out, workers, progress, language=language, splits=splits)
 
 
 @import_app.command("commonvoice")
@@ -96,7 +99,8 @@ def commonvoice(
     out: OutOpt,
     splits: Annotated[str, typer.Option(help="Comma-separated tsv files to read, in priority order (the tsv "
                                              "goes in column cv_list). Column split is dev/test for clips in "
-                                             "dev.tsv/test.tsv, read for this in any case, train otherwise.")] = "train,dev,test",
+                                             "dev.tsv/test.tsv, read for this in any case, train otherwise.",
+                                        callback=_split_list)] = "train,dev,test",
     language: Annotated[Optional[str], typer.Option(help="Language tag when the tsv has no locale column.")] = None,
     workers: WorkersOpt = 4,
     progress: ProgressOpt = True,
@@ -105,15 +109,15 @@ def commonvoice(
 
     speaker = client_id, text = sentence; durations from clip_durations.tsv when present.
     """
-    _run("commonvoice", out, root=root, splits=_split_list(splits) or ["train"],
-         language=language, workers=workers, progress=progress)
+    _run("commonvoice", root, out, workers, progress, splits=splits or ["train"], language=language)
 
 
 @import_app.command("musan")
 def musan(
     root: Annotated[Path, typer.Argument(help="The musan folder (holding noise/, music/, speech/).")],
     out: OutOpt,
-    subsets: Annotated[str, typer.Option(help="Comma-separated subsets: noise, music, speech.")] = "noise",
+    subsets: Annotated[str, typer.Option(help="Comma-separated subsets: noise, music, speech.",
+                                         callback=_split_list)] = "noise",
     categories: Annotated[Optional[Path], typer.Option(
         help="CSV id,category assigning noise files to technical/ambient/crowd "
              "(MUSAN itself does not label them).")] = None,
@@ -121,8 +125,7 @@ def musan(
     progress: ProgressOpt = True,
 ) -> None:
     """MUSAN noise (free-sound, sound-bible) for the data-quality simulation."""
-    _run("musan", out, root=root, subsets=_split_list(subsets) or ["noise"],
-         categories=categories, workers=workers, progress=progress)
+    _run("musan", root, out, workers, progress, subsets=subsets or ["noise"], categories=categories)
 
 
 @import_app.command("fma")
@@ -134,7 +137,7 @@ def fma(
     progress: ProgressOpt = True,
 ) -> None:
     """FMA 30 s music clips with genre_top / genres from tracks.csv and genres.csv."""
-    _run("fma", out, root=root, metadata=metadata, workers=workers, progress=progress)
+    _run("fma", root, out, workers, progress, metadata=metadata)
 
 
 @import_app.command("lhotse")
@@ -149,7 +152,7 @@ def lhotse(
 
     One segment per supervision, cut from its recording's source file; speaker, text (as given), language names as ISO codes (English → en), gender and the supervision's custom fields; split from the part in the file name (..._dev-clean → dev) or from our own export.
     """
-    _run("lhotse", out, root=root)
+    _run("lhotse", root, out)
 
 
 def register(app: typer.Typer) -> None:

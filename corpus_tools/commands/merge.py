@@ -7,6 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from corpus_tools import verify as vf
+from corpus_tools.commands.segment import print_standard_outputs
+from corpus_tools.manifests import WorkDir
+from corpus_tools.parallel.parts import MergeError, merge_segment_parts, read_segment_parts
+from corpus_tools.parallel.shards import finish_shard_dir, gather_shard_parts
+from corpus_tools.progress import fail, stdout, user_errors
+from corpus_tools.segment.runner import parse_methods
+
 
 def merge(
     dirs: Annotated[list[Path], typer.Argument(
@@ -30,11 +38,6 @@ def merge(
     parts written into separate directories (separate machines) are gathered into --out
     first (hard links when possible).
     """
-    from corpus_tools import scale
-    from corpus_tools import verify as vf
-    from corpus_tools.manifests import WorkDir
-    from corpus_tools.progress import fail, stdout, user_errors
-
     with user_errors():
         for d in dirs:
             if not d.is_dir():
@@ -42,27 +45,24 @@ def merge(
         if all(vf.is_workdir(d) for d in dirs):
             if len(dirs) > 1:
                 raise fail("merge one work directory at a time (its parts share its cache/)")
-            from corpus_tools.commands.segment import print_standard_outputs
-            from corpus_tools.segment.runner import parse_methods
-
             wd = WorkDir(dirs[0])
             try:
-                written = scale.merge_segment_parts(wd, parse_methods(method) if method else None)
-            except scale.MergeError as exc:
+                written = merge_segment_parts(wd, parse_methods(method) if method else None)
+            except MergeError as exc:
                 raise fail(str(exc)) from None
             for m, df, drops in written:
                 stdout.print(f"  {m:11s} {df.height:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
                              f"→ {wd.segments(m)}")
             print_standard_outputs({"rttm": len(list(wd.rttm_dir.glob("*.rttm"))),
                                     "ctm": len(list(wd.ctm_dir.glob("*.ctm")))}, wd)
-            stdout.print(f"merged {len(scale.read_segment_parts(wd))} parts of {wd.root}")
+            stdout.print(f"merged {len(read_segment_parts(wd))} parts of {wd.root}")
             return
         if all(vf.is_shard_dir(d) for d in dirs):
             dest = out or dirs[0]
             try:
-                brought = scale.gather_shard_parts(list(dirs), dest) if len(dirs) > 1 or out else 0
-                index = scale.finish_shard_dir(dest)
-            except scale.MergeError as exc:
+                brought = gather_shard_parts(list(dirs), dest) if len(dirs) > 1 or out else 0
+                index = finish_shard_dir(dest)
+            except MergeError as exc:
                 raise fail(str(exc)) from None
             extra = f" ({brought} gathered from other directories)" if brought else ""
             stdout.print(f"{index.height} shards ({int(index['count'].sum())} utterances, "

@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from corpus_tools.models import list_models, models_dir_path, read_manifest
+from corpus_tools.models.prepare import PrepareError, default_models_dir, prepare_offline
 
 models_app = typer.Typer(
     name="models",
@@ -30,8 +35,6 @@ def prepare_offline_cmd(
     are never used unless named (--align-model / --demucs-model). Without a CTC aligner,
     wx-align uses Whisper's own word alignment. Re-running skips what is already there.
     """
-    from ..modelzoo.prepare import PrepareError, default_models_dir, prepare_offline
-
     dest = models_dir or default_models_dir()
     typer.echo(f"Preparing models in {dest} ...")
     try:
@@ -49,11 +52,6 @@ def list_cmd(
     language: str = typer.Option("nl", "--language", help="Language whose default alignment model to show."),
 ) -> None:
     """Show, per stage, which model would load by default and from where (models folder, cache, ...)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..models import list_models, models_dir_path, read_manifest
-
     mdir = models_dir_path(models_dir)
     table = Table(title=f"Models (folder: {mdir or 'none - set --models-dir or CORPUS_MODELS'})")
     for col in ("stage", "option", "default model", "source", "location"):

@@ -8,6 +8,12 @@ from typing import Annotated, Optional
 
 import typer
 
+from corpus_tools.manifests import read_segments, resolve_segments_source
+from corpus_tools.parallel.shards import write_shards_ray
+from corpus_tools.progress import fail, stdout, user_errors
+from corpus_tools.shards import FORMATS, STRATEGIES, write_shards
+from corpus_tools.splits import CHOICES, select_segments
+
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
@@ -73,11 +79,6 @@ def shard(
 
     The same manifest and options give byte-identical shards. An interrupted run resumes at the first unfinished shard when rerun with the same arguments.
     """
-    from corpus_tools.manifests import read_segments, resolve_segments_source
-    from corpus_tools.progress import fail, stdout, user_errors
-    from corpus_tools.shards import FORMATS, STRATEGIES, write_shards
-    from corpus_tools.splits import CHOICES, select_segments
-
     if strategy not in STRATEGIES:
         raise typer.BadParameter(f"use one of {', '.join(STRATEGIES)}", param_hint="--strategy")
     if fmt not in FORMATS:
@@ -103,8 +104,6 @@ def shard(
             if num_shards > 1:
                 raise fail("--backend ray already spreads the shards over the cluster; "
                            "drop --num-shards/--shard-index")
-            from corpus_tools.scale import write_shards_ray
-
             index = write_shards_ray(segments, out, address=ray_address,
                                      workers=workers if workers > 1 else 0, overwrite=overwrite,
                                      progress=progress, samples_per_shard=samples_per_shard,

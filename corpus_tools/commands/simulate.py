@@ -1,4 +1,4 @@
-"""`corpus simulate`: write degraded LibriSpeech shards for the data-quality study (SPEC §3)."""
+"""`corpus simulate`: write degraded LibriSpeech shards for the data-quality study."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from corpus_tools.progress import fail, progress_bar, stdout, user_errors
+from corpus_tools.simulate import parse_condition, simulate_offline
+from corpus_tools.splits import CHOICES
+
 CONDITION_HELP = (
     "Condition: baseline | 1spk-concat | 2spk-concat | 2spk-mix-X | sub-noise-X | sub-music-X | "
     "mix-noise-X | mix-music-X | mix-instr-X | mix-vocal-X, X = integer percent 1..100 of each "
@@ -14,8 +18,6 @@ CONDITION_HELP = (
 
 
 def _check_condition(value: str) -> str:
-    from corpus_tools.simulate import parse_condition
-
     try:
         return parse_condition(value).name
     except ValueError as exc:
@@ -71,10 +73,6 @@ def simulate(
 
     Only training rows are written by default: the source's dev and test utterances (its split column, as `corpus import` writes it) are left out and counted.
     """
-    from corpus_tools.progress import fail, progress_bar, stdout, user_errors
-    from corpus_tools.simulate import simulate_offline
-    from corpus_tools.splits import CHOICES
-
     if split not in CHOICES:
         raise typer.BadParameter(f"use one of {', '.join(CHOICES)}", param_hint="--split")
     with user_errors():  # bad input (ValueError, missing files, FileExistsError) → one line

@@ -6,6 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
+
+from corpus_tools.atomic import write_text
+from corpus_tools.manifests import WorkDir
+from corpus_tools.progress import fail, stdout, user_errors
+from corpus_tools.stats import method_stats, plot_lengths
 
 
 def stats(
@@ -16,12 +22,6 @@ def stats(
 ) -> None:
     """Print segments, hours kept, % discarded, mean/min/max length, hours dropped per rule,
     and which aligner and diarizer made each wx-* method."""
-    from rich.table import Table
-
-    from corpus_tools.manifests import WorkDir
-    from corpus_tools.progress import fail, stdout, user_errors
-    from corpus_tools.stats import method_stats, plot_lengths
-
     with user_errors():
         wd = WorkDir(workdir)
         if not wd.recordings.exists():
@@ -51,7 +51,7 @@ def stats(
             models.add_row(r["method"], r["aligner"] or "–", r["diarizer"] or "–")
         stdout.print(models)
     if csv:
-        df.write_csv(csv)
+        write_text(csv, df.write_csv())
         stdout.print(f"table → {csv}")
     if plot:
         stdout.print(f"length histograms → {plot_lengths(wd, plot, methods)}")

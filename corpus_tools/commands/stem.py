@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from corpus_tools.parallel.stems import stem_clips_ray
+from corpus_tools.progress import fail, progress_bar, stdout, user_errors
+from corpus_tools.stems import default_device, manifest_clips, stem_clips
 
 
 def stem(
@@ -35,11 +40,6 @@ def stem(
     speech activity on every vocal stem; clips without it (instrumental music) are marked
     usable_vocal = false. A rerun skips finished clips, so an interrupted run resumes.
     """
-    import os
-
-    from corpus_tools.progress import fail, progress_bar, stdout, user_errors
-    from corpus_tools.stems import default_device, manifest_clips, stem_clips
-
     with user_errors():
         if backend not in ("local", "ray"):
             raise fail(f"--backend must be local or ray, not {backend!r}")
@@ -70,8 +70,6 @@ def stem(
                                     if os.environ.get("CORPUS_MODELS") else None)
             try:
                 if backend == "ray":
-                    from corpus_tools.scale import stem_clips_ray
-
                     df = stem_clips_ray(manifest, output, model=demucs_model, models_dir=models,
                                         device=device, batch_size=batch_size,
                                         min_vocal_seconds=min_vocal_seconds, shifts=shifts,

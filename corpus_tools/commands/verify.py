@@ -6,6 +6,11 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.table import Table
+
+from corpus_tools import verify as vf
+from corpus_tools.manifests import WorkDir, read_recordings, read_segments, resolve_segments_source
+from corpus_tools.progress import fail, stdout, user_errors
 
 
 def verify(
@@ -36,13 +41,6 @@ def verify(
 
     Leftovers of killed runs (temp files) are warnings, not mismatches.
     """
-    from rich.table import Table
-
-    from corpus_tools import verify as vf
-    from corpus_tools.manifests import (WorkDir, read_recordings, read_segments,
-                                        resolve_segments_source)
-    from corpus_tools.progress import fail, stdout, user_errors
-
     with user_errors():
         if not target.exists():
             raise fail(f"no such directory: {target}")

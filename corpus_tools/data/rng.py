@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 _TRANSFORM_TAG = 0x7A  # keeps transform draws apart from the order draws of the same seed
+_SHARD_ORDER_TAG = 0x5A4D
 
 
 def batch_rng(seed: int, batch_index: int, consumer: int = 0, workers: int = 1) -> np.random.Generator:
@@ -26,3 +27,8 @@ def batch_rng(seed: int, batch_index: int, consumer: int = 0, workers: int = 1) 
 def epoch_rng(seed: int, epoch: int, consumer: int, consumers: int) -> np.random.Generator:
     """The Generator that orders the batches of ``epoch`` for one consumer of the stream."""
     return np.random.default_rng([int(seed), int(epoch), int(consumer), int(consumers)])
+
+
+def shard_order_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The Generator that shuffles the shard list of ``epoch`` (the same on every consumer)."""
+    return np.random.default_rng([int(seed), int(epoch), _SHARD_ORDER_TAG])

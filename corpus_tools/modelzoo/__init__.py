@@ -1,8 +1,8 @@
-"""Offline model preparation: format converters, local pipelines and random stand-ins.
+"""Old import paths kept for models folders prepared before ``corpus_tools.models`` existed.
 
-- ``ct2_to_openai``: CTranslate2 Whisper -> openai-whisper checkpoint.
-- ``campplus``: CAM++ speaker embedding as a pyannote ``Model``.
-- ``diarization``: a pyannote SpeakerDiarization pipeline folder from local weights.
-- ``random_standins``: tiny random wav2vec2-CTC and HTDemucs models, NLTK punkt_tab stub.
-- ``prepare``: ``prepare_offline(dest)`` assembling all of the above into a models folder.
+``corpus models prepare-offline`` writes checkpoints and a pipeline ``config.yaml`` that name
+the Python class to build (pyannote and Lightning import it by its dotted path). Folders
+prepared by earlier versions name ``corpus_tools.modelzoo.campplus`` and
+``corpus_tools.modelzoo.diarization``; these two modules let those folders keep loading.
+New code imports from ``corpus_tools.models``.
 """

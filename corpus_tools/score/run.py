@@ -18,11 +18,12 @@ from typing import Sequence
 
 import polars as pl
 
+from corpus_tools.atomic import write_text
 from corpus_tools.manifests import ManifestError, WorkDir, read_segments
-from corpus_tools.score import metrics
+import corpus_tools.score.metrics as metrics
 from corpus_tools.score.reference import ReferenceError, load_references, match_references
 from corpus_tools.score.turns import cached_turns, has_diarization
-from corpus_tools.segment.runner import METHODS, _atomic_write, ok_recordings
+from corpus_tools.segment.runner import METHODS, ok_recordings
 
 DEFAULT_COLLARS = (0.0, 0.25)
 SCORES_CSV, SCORES_JSON, PER_RECORDING_CSV = "scores.csv", "scores.json", "scores_per_recording.csv"
@@ -134,9 +135,9 @@ def run_score(workdir: str | os.PathLike, reference: str | os.PathLike, methods:
 def write_scores(wd: WorkDir, result: ScoreResult, reference: str | os.PathLike) -> dict[str, Path]:
     out = wd.segments_dir
     paths = {"csv": out / SCORES_CSV, "per_recording": out / PER_RECORDING_CSV, "json": out / SCORES_JSON}
-    _atomic_write(paths["csv"], result.methods.write_csv())
-    _atomic_write(paths["per_recording"], result.per_recording.write_csv())
-    _atomic_write(paths["json"], json.dumps({
+    write_text(paths["csv"], result.methods.write_csv())
+    write_text(paths["per_recording"], result.per_recording.write_csv())
+    write_text(paths["json"], json.dumps({
         "reference": str(Path(reference).resolve()), "collars": list(result.collars),
         "second_speaker_min_s": metrics.SECOND_SPEAKER_MIN_S,
         "word_cut_tolerance_s": metrics.WORD_CUT_TOLERANCE_S,

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from corpus_tools.manifests import WorkDir
-from corpus_tools.segment.runner import METHOD_STAGES, _safe
+from corpus_tools.segment.runner import METHOD_STAGES, safe_id
 
 DIAR_STAGE = "wx-diar"
 
@@ -30,7 +30,7 @@ def turns_file(wd: WorkDir, method: str, rid: str) -> Path | None:
     """The cache file holding the diarization of recording ``rid`` for ``method``, or None."""
     if not has_diarization(method):
         return None
-    candidates = sorted(p for p in (wd.root / "cache").glob(f"{DIAR_STAGE}-*/{_safe(rid)}.json") if p.is_file())
+    candidates = sorted(p for p in (wd.root / "cache").glob(f"{DIAR_STAGE}-*/{safe_id(rid)}.json") if p.is_file())
     drops = _read_json(wd.segments_dir / f"{method}.drops.json") or {}
     agreeing = [p for p in candidates if _agrees(_read_json(p.parent / "settings.json"), drops)]
     if len(agreeing) == 1:

@@ -1,6 +1,6 @@
 """The model-running parts of segmentation, behind small interfaces.
 
-Each backend turns 16 kHz mono audio (numpy) into JSON-able stage output. They are loaded
+Each backend turns mono audio at ``SAMPLE_RATE`` (numpy) into JSON-able stage output. They are loaded
 once per process (``ModelSet`` caches them) and reused for every recording. Tests and other
 backends can substitute any object with the same method.
 
@@ -20,14 +20,18 @@ Whisper's word probability). The wx-align stage keeps each word inside its chunk
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-SR = 16_000
+from corpus_tools.audio import SAMPLE_RATE
+from corpus_tools.logs import library_prints
+from corpus_tools.models import (default_model, identify, is_whisper_aligner, load_align_model,
+                                 load_diarization_pipeline, load_openai_whisper, locate, prepare_runtime)
+from corpus_tools.segment import diarize
+from corpus_tools.segment import postprocess as pp
+from corpus_tools.segment import whisper_align as wa
 
 
 @dataclass
@@ -124,11 +128,10 @@ def resolve_model(cfg: SegmentConfig, kind: str):
     (``--align-model whisper``, also the default where the language has no CTC aligner here)
     resolves to the CTranslate2 Whisper of wx-asr: its identity is that model's, so another
     ``--whisper-model`` recomputes the alignment."""
-    m = _models()
-    name = cfg.requested_model(kind) or m.default_model(kind, cfg.language, cfg.models_dir)
-    if kind == "align" and m.is_whisper_aligner(name):
+    name = cfg.requested_model(kind) or default_model(kind, cfg.language, cfg.models_dir)
+    if kind == "align" and is_whisper_aligner(name):
         return resolve_model(cfg, "whisper-ct2")
-    return m.locate(kind, name, cfg.models_dir)
+    return locate(kind, name, cfg.models_dir)
 
 
 def resolve_stage_keys(cfg: SegmentConfig, stages, resolve=None) -> dict[str, dict]:
@@ -146,7 +149,7 @@ def resolve_stage_keys(cfg: SegmentConfig, stages, resolve=None) -> dict[str, di
         for s in reversed(chain):
             for kind in cfg.model_kinds(s):
                 if kind not in identities:
-                    identities[kind] = _models().identify(resolve(kind))
+                    identities[kind] = identify(resolve(kind))
             keys[s] = cfg.stage_key(s, identities)
     return keys
 
@@ -175,12 +178,6 @@ def _sampling_aware_whisper_class():
     return _SAMPLING_AWARE_WHISPER
 
 
-def _models():
-    from corpus_tools import models
-
-    return models
-
-
 @dataclass
 class ModelSet:
     """Loads each model on first use and keeps it for the life of the process."""
@@ -191,7 +188,7 @@ class ModelSet:
     _fw_threads: int | None = None
 
     def __post_init__(self):
-        _models().prepare_runtime(self.cfg.models_dir)  # NLTK data, pyannote telemetry off
+        prepare_runtime(self.cfg.models_dir)  # NLTK data, pyannote telemetry off
 
     def _get(self, key: str, loader):
         if key not in self._cache:
@@ -246,7 +243,7 @@ class ModelSet:
 
     def openai_whisper(self):
         c = self.cfg
-        return self._get("ow", lambda: _models().load_openai_whisper(
+        return self._get("ow", lambda: load_openai_whisper(
             self._target("whisper-openai"), c.resolved_device(), c.models_dir))
 
     def vad_path(self) -> str:
@@ -267,8 +264,6 @@ class ModelSet:
             import whisperx
             from whisperx.vads.pyannote import Pyannote
 
-            from corpus_tools.logs import library_prints
-
             c = self.cfg
             opts = {"chunk_size": 30, "vad_onset": 0.500, "vad_offset": 0.363}
             vad = Pyannote(torch.device(c.resolved_device()), model_fp=self.vad_path(), **opts)
@@ -285,12 +280,12 @@ class ModelSet:
 
     def align_model(self):
         c = self.cfg
-        return self._get("align", lambda: _models().load_align_model(
+        return self._get("align", lambda: load_align_model(
             self._target("align"), c.language, c.resolved_device(), c.models_dir))
 
     def diarizer(self):
         c = self.cfg
-        return self._get("diar", lambda: _models().load_diarization_pipeline(
+        return self._get("diar", lambda: load_diarization_pipeline(
             self._target("diarization"), c.resolved_device(), models_dir=c.models_dir))
 
 
@@ -302,7 +297,7 @@ def run_vad(models: ModelSet, audio: np.ndarray) -> dict:
     import torch
     from whisperx.vads.pyannote import Binarize
 
-    scores = models.vad_pipeline()({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": SR})
+    scores = models.vad_pipeline()({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": SAMPLE_RATE})
     ann = Binarize(onset=0.5, offset=0.363, min_duration_on=0.1, min_duration_off=0.1)(scores)
     return {"regions": [[round(s.start, 3), round(s.end, 3)] for s in ann.get_timeline()]}
 
@@ -377,8 +372,6 @@ def run_wx_align(models: ModelSet, audio: np.ndarray, asr: dict) -> dict:
     """WhisperX stage 2: time the words of each wx-asr chunk, with the Whisper model that
     transcribed it (``--align-model whisper``) or a wav2vec2 CTC model (WhisperX forced
     alignment); sentences become segments. Word times are kept inside their chunk and in order."""
-    from corpus_tools.segment import postprocess as pp
-
     chunks = [c for c in asr["segments"] if c["end"] > c["start"]]
     per_chunk = (_align_with_whisper(models, audio, chunks, asr.get("language") or models.cfg.language)
                  if models.aligns_with_whisper() else _align_with_ctc(models, audio, chunks))
@@ -395,8 +388,6 @@ def run_wx_align(models: ModelSet, audio: np.ndarray, asr: dict) -> dict:
 
 
 def _align_with_whisper(models: ModelSet, audio: np.ndarray, chunks: list[dict], language: str) -> list[list[dict]]:
-    from corpus_tools.segment import whisper_align as wa
-
     c = models.cfg
     words = wa.align_chunks(models.faster_whisper(), audio, chunks, language, batch_size=c.batch_size)
     splitter = wa.sentence_splitter(language)
@@ -420,32 +411,7 @@ def _align_with_ctc(models: ModelSet, audio: np.ndarray, chunks: list[dict]) -> 
 
 def run_wx_diar(models: ModelSet, audio: np.ndarray, aligned: dict) -> dict:
     """WhisperX stage 3: diarize, then label each aligned segment with its speaker."""
-    import pandas as pd
-    import whisperx
-
-    turns = diarize_turns(models.diarizer(), audio)
-    df = pd.DataFrame(turns, columns=["start", "end", "speaker"])
-    res = whisperx.assign_word_speakers(df, {"segments": [dict(s) for s in aligned["segments"]]})
-    segs = []
-    for s in res["segments"]:
-        segs.append({"start": float(s["start"]), "end": float(s["end"]), "text": s.get("text", ""),
-                     "speaker": s.get("speaker"), "words": s.get("words", [])})
-    return {"segments": segs, "turns": [list(t) for t in turns]}
-
-
-def diarize_turns(pipeline, audio: np.ndarray) -> list[tuple[float, float, str]]:
-    """Run a pyannote-style pipeline and return sorted (start, end, speaker) turns."""
-    import torch
-
-    out = pipeline({"waveform": torch.from_numpy(np.ascontiguousarray(audio)).unsqueeze(0), "sample_rate": SR})
-    ann = getattr(out, "speaker_diarization", out)  # pyannote 4 returns a DiarizeOutput
-    if hasattr(ann, "itertracks"):
-        turns = [(float(seg.start), float(seg.end), str(label)) for seg, _, label in ann.itertracks(yield_label=True)]
-    else:  # a DataFrame or list of rows
-        rows = ann.to_dict("records") if hasattr(ann, "to_dict") else list(ann)
-        turns = [(float(r["start"]), float(r["end"]), str(r["speaker"])) if isinstance(r, dict)
-                 else (float(r[0]), float(r[1]), str(r[2])) for r in rows]
-    return sorted(turns)
+    return diarize.label_speakers(models.diarizer(), audio, aligned)
 
 
 def _f(x):

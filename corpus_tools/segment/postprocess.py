@@ -1,4 +1,4 @@
-"""Post-processing of Whisper/WhisperX segments (SPEC §2, thesis §6.2.4).
+"""Post-processing of Whisper/WhisperX segments (thesis §6.2.4).
 
 First, before the paper's rules, the word times are checked against the audio
 (``keep_words_in_speech``; methods w-pp-1s/3s and wx-align, wx-diar, wx-diar-1s/3s). An

@@ -1,4 +1,5 @@
-"""`corpus segment`: run the model stages once per recording, derive all ten methods.
+"""The segmentation stages and methods: run the model stages once per recording (cached),
+derive all ten methods from the caches. The stage's entry point is ``segment.run.run_segment``.
 
 Model work is organised as *stages* whose outputs are cached per recording:
 
@@ -29,16 +30,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import polars as pl
 
+from corpus_tools.atomic import write_text
+from corpus_tools.audio import load_audio
 from corpus_tools.manifests import SEGMENTS_SCHEMA, WorkDir, read_recordings, write_segments
+from corpus_tools.models import identity_key
+from corpus_tools.segment import backends as be
 from corpus_tools.segment import postprocess as pp
 from corpus_tools.segment.backends import SegmentConfig
 
@@ -100,7 +104,7 @@ class StageCache:
         return self.wd.cache_dir(f"{stage}-{key_digest(self.key(stage))}")
 
     def path(self, stage: str, rid: str) -> Path:
-        return self.dir(stage) / f"{_safe(rid)}.json"
+        return self.dir(stage) / f"{safe_id(rid)}.json"
 
     def get(self, stage: str, rid: str) -> dict | None:
         p = self.path(stage, rid)
@@ -117,19 +121,16 @@ class StageCache:
 
     def put(self, stage: str, rid: str, data: dict) -> None:
         p = self.path(stage, rid)
-        p.parent.mkdir(parents=True, exist_ok=True)
         if not (p.parent / "settings.json").exists():
-            _atomic_write(p.parent / "settings.json", json.dumps(
+            write_text(p.parent / "settings.json", json.dumps(
                 {"stage": stage, **self.key(stage)}, indent=1, ensure_ascii=False))
-        _atomic_write(p, json.dumps(data, ensure_ascii=False))
+        write_text(p, json.dumps(data, ensure_ascii=False))
 
 
 def key_digest(key: dict) -> str:
     """The folder suffix of a stage key: a hash of its settings and of what decides each
     model's outputs (``models.identity_key``: content, not place), so the same files found
     elsewhere share the cache and changed files get a new one."""
-    from corpus_tools.models import identity_key
-
     hashed = {k: v for k, v in key.items() if k != "models"}
     if "models" in key:
         hashed["models"] = {kind: identity_key(ident) for kind, ident in key["models"].items()}
@@ -138,8 +139,6 @@ def key_digest(key: dict) -> str:
 
 def key_differences(a: dict, b: dict) -> str:
     """What differs between two keys of one stage, for error messages."""
-    from corpus_tools.models import identity_key
-
     def show(ident: dict | None) -> str:
         if ident is None:
             return "none"
@@ -153,20 +152,8 @@ def key_differences(a: dict, b: dict) -> str:
     return "; ".join(models + ([f"settings {', '.join(settings)}"] if settings else [])) or "nothing"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written temp file
-        raise
-
-
-def _safe(rid: str) -> str:
+def safe_id(rid: str) -> str:
+    """``rid`` as a file name and a space-free token (cache files, segment ids, RTTM/CTM)."""
     safe = re.sub(r"[^A-Za-z0-9_\-]", "_", rid)
     if safe != rid:
         # "Journaal 20:00" and "Journaal 20_00" must not share a cache file or segment ids
@@ -174,26 +161,25 @@ def _safe(rid: str) -> str:
     return safe
 
 
-def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
-                      load: Callable[[str], "object"] | None = None) -> dict:
-    """Compute the missing stages for one recording; returns {"seconds": s, "computed": [...]}."""
-    from corpus_tools.segment import backends as be
-
+def process_recording(rec: dict, stages: list[str], cache: StageCache, models) -> dict:
+    """Compute the missing stages for one recording; returns ``{"recording_id", "duration",
+    "seconds": model seconds, "computed": [stages], "error": reason (if it failed)}``."""
     rid = rec["recording_id"]
+    res = {"recording_id": rid, "duration": rec["duration"], "seconds": 0.0, "computed": []}
     missing = [s for s in stages if cache.get(s, rid) is None]
     if cache.get("error", rid) is not None:
-        return {"seconds": 0.0, "computed": [], "error": cache.get("error", rid)["reason"]}
+        return {**res, "error": cache.get("error", rid)["reason"]}
     if not missing:
-        return {"seconds": 0.0, "computed": []}
+        return res
     t0 = time.perf_counter()
     try:
-        audio = (load or _load_full)(rec["path"])
+        audio = load_audio(rec["path"])
     except Exception as exc:
         cache.put("error", rid, {"reason": f"decode failed: {exc}"})
-        return {"seconds": 0.0, "computed": [], "error": str(exc)}
+        return {**res, "error": str(exc)}
     if len(audio) == 0:  # e.g. a header-only file ingested with --no-verify-decode
         cache.put("error", rid, {"reason": "decode failed: no audio samples"})
-        return {"seconds": 0.0, "computed": [], "error": "no audio samples"}
+        return {**res, "error": "no audio samples"}
     done: list[str] = []
     for stage in missing:
         if stage == "vad":
@@ -210,13 +196,7 @@ def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
             raise KeyError(stage)
         cache.put(stage, rid, out)
         done.append(stage)
-    return {"seconds": time.perf_counter() - t0, "computed": done}
-
-
-def _load_full(path: str):
-    from corpus_tools.audio import load_audio
-
-    return load_audio(path)
+    return {**res, "seconds": time.perf_counter() - t0, "computed": done}
 
 
 # -- assembling methods from caches (pure) ----------------------------------------------
@@ -271,7 +251,7 @@ def _threshold(method: str) -> float:
 
 def segment_id(rid: str, start: float, end: float) -> str:
     # no dots: WebDataset splits member names at the first dot of the basename
-    return f"{_safe(rid)}_{int(round(start * 1000)):09d}_{int(round(end * 1000)):09d}"
+    return f"{safe_id(rid)}_{int(round(start * 1000)):09d}_{int(round(end * 1000)):09d}"
 
 
 def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str],
@@ -307,7 +287,7 @@ def method_models(method: str, cache: StageCache) -> dict[str, dict]:
     return {kind: ident for stage in METHOD_STAGES[method] for kind, ident in cache.key(stage)["models"].items()}
 
 
-# -- the driver -------------------------------------------------------------------------
+# -- reading recordings, writing manifests ---------------------------------------------
 
 
 def ok_recordings(wd: WorkDir) -> list[dict]:
@@ -317,6 +297,6 @@ def ok_recordings(wd: WorkDir) -> list[dict]:
 
 def write_method(wd: WorkDir, method: str, df: pl.DataFrame, drops: dict, cfg: SegmentConfig) -> Path:
     path = write_segments(df, wd.segments(method))
-    _atomic_write(wd.segments_dir / f"{method}.drops.json",
-                  json.dumps({**drops, "method": method, "settings": asdict(cfg)}, indent=1))
+    write_text(wd.segments_dir / f"{method}.drops.json",
+               json.dumps({**drops, "method": method, "settings": asdict(cfg)}, indent=1))
     return path

@@ -20,20 +20,18 @@ import io
 import re
 from pathlib import Path
 
+from corpus_tools.atomic import write_text
 from corpus_tools.manifests import WorkDir
 from corpus_tools.segment import postprocess as pp
+from corpus_tools.segment.runner import method_segments, safe_id
 
 
 def rttm_path(wd: WorkDir, rid: str) -> Path:
-    from corpus_tools.segment.runner import _safe
-
-    return wd.rttm_dir / f"{_safe(rid)}.rttm"
+    return wd.rttm_dir / f"{safe_id(rid)}.rttm"
 
 
 def ctm_path(wd: WorkDir, rid: str) -> Path:
-    from corpus_tools.segment.runner import _safe
-
-    return wd.ctm_dir / f"{_safe(rid)}.ctm"
+    return wd.ctm_dir / f"{safe_id(rid)}.ctm"
 
 
 def rttm_text(file_id: str, turns: list) -> str:
@@ -65,22 +63,16 @@ def ctm_text(file_id: str, segments: list[dict]) -> str:
 def write_standard_outputs(wd: WorkDir, recs: list[dict], cache, stages: list[str]) -> dict[str, int]:
     """Write the RTTM (when the wx-diar stage ran) and CTM (when wx-align ran) of every
     recording whose stages are cached; returns how many files of each were written."""
-    from corpus_tools.segment.runner import _atomic_write, _safe, method_segments
-
     written = {"rttm": 0, "ctm": 0}
     for rec in recs:
         rid = rec["recording_id"]
         if cache.get("error", rid) is not None:
             continue
         if "wx-diar" in stages and cache.get("wx-diar", rid) is not None:
-            path = rttm_path(wd, rid)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, rttm_text(_safe(rid), cache.get("wx-diar", rid).get("turns") or []))
+            write_text(rttm_path(wd, rid), rttm_text(safe_id(rid), cache.get("wx-diar", rid).get("turns") or []))
             written["rttm"] += 1
         if "wx-align" in stages and all(cache.get(s, rid) is not None for s in ("vad", "wx-align")):
             segs = method_segments("wx-align", rec, cache, set(), pp.DropLog())
-            path = ctm_path(wd, rid)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, ctm_text(_safe(rid), segs))
+            write_text(ctm_path(wd, rid), ctm_text(safe_id(rid), segs))
             written["ctm"] += 1
     return written

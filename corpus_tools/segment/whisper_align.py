@@ -28,7 +28,8 @@ from typing import Iterable
 
 import numpy as np
 
-SR = 16_000
+from corpus_tools.audio import SAMPLE_RATE
+
 HOP = 160                 # Whisper's mel hop: 100 frames per second
 N_FRAMES = 3000           # one 30 s window
 MAX_POSITIONS = 448       # Whisper's decoder context
@@ -59,7 +60,7 @@ def chunk_features(audio: np.ndarray, start: float, end: float, n_mels: int) -> 
     """The chunk's log-Mel features as WhisperX's ASR computed them, and its unpadded frame count."""
     from whisperx.audio import N_SAMPLES, log_mel_spectrogram
 
-    piece = audio[int(start * SR): int(end * SR)][:N_SAMPLES]
+    piece = audio[int(start * SAMPLE_RATE): int(end * SAMPLE_RATE)][:N_SAMPLES]
     feats = log_mel_spectrogram(np.ascontiguousarray(piece, dtype=np.float32), n_mels=n_mels,
                                 padding=N_SAMPLES - len(piece))
     return feats.numpy()[:, :N_FRAMES], max(1, min(N_FRAMES, len(piece) // HOP))

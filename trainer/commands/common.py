@@ -1,11 +1,17 @@
-"""What ``trainer pretrain`` and ``trainer finetune`` share: error exit, ``--set`` parsing, and
-the run-control options, declared once so both commands spell and explain them alike."""
+"""What the ``trainer`` commands share: error exit, ``--set`` parsing, and the run-control options,
+declared once so that ``trainer pretrain`` and ``trainer finetune`` spell and explain them alike."""
 
 from __future__ import annotations
 
+import functools
+import inspect
+import os
 from contextlib import contextmanager
 
 import typer
+import yaml
+
+from corpus_tools.bad_data import BadDataError
 
 DIVERGED_EXIT_CODE = 3  # trainer.guard.DIVERGED_EXIT_CODE (not imported here: --help stays fast)
 
@@ -22,9 +28,6 @@ def run_errors(*also: type[Exception]):
     Divergence exits with 3; bad data over the limit, a checkpoint that cannot be written or
     read safely, bad input found once running (and the exception types in ``also``) exit with 2.
     """
-    import os
-
-    from corpus_tools.bad_data import BadDataError
     from trainer.checkpoint import CheckpointSaveError
     from trainer.guard import DivergedError
 
@@ -45,6 +48,14 @@ def _exit_quietly(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def check_value(check, value, hint: str) -> None:
+    """``check(value)``; the FileNotFoundError or ValueError it raises is a bad value of option ``hint``."""
+    try:
+        check(value)
+    except (FileNotFoundError, ValueError) as e:
+        raise typer.BadParameter(str(e), param_hint=hint)
+
+
 def check_limits(max_bad_fraction: float, max_bad_steps: int = 0) -> None:
     """--max-bad-fraction is a share (0–1), --max-bad-steps a count (≥ 0)."""
     if not 0.0 <= max_bad_fraction <= 1.0:
@@ -55,8 +66,6 @@ def check_limits(max_bad_fraction: float, max_bad_steps: int = 0) -> None:
 
 def parse_overrides(items: list[str]) -> dict:
     """``--set KEY=VALUE`` items to a dict; values parsed as YAML (numbers, booleans, lists)."""
-    import yaml
-
     out = {}
     for item in items:
         if "=" not in item:
@@ -68,20 +77,11 @@ def parse_overrides(items: list[str]) -> dict:
 
 def check_shards(value: str, hint: str) -> None:
     """A shards option names at least one tar archive (a folder, glob, file or list of them)."""
-    import tarfile
+    from corpus_tools.subset import shard_set_error  # reads shards with torch: not at --help time
 
-    from corpus_tools.reader import list_shards
-
-    try:
-        found = list_shards(value)
-    except (FileNotFoundError, ValueError):
-        found = []
-    if not found:
-        raise typer.BadParameter(f"no *.tar shards found in {value}", param_hint=hint)
-    for path in found:
-        if not tarfile.is_tarfile(path):
-            raise typer.BadParameter(f"{path} is not a tar shard (write shards with `corpus shard`)",
-                                     param_hint=hint)
+    problem = shard_set_error(value)
+    if problem is not None:
+        raise typer.BadParameter(problem, param_hint=hint)
 
 
 MAX_GRAD_NORM = typer.Option(0.0, help="Clip the gradient norm (0 = no clipping).")
@@ -107,3 +107,24 @@ TRUST_CHECKPOINT = typer.Option(
     False, "--trust-checkpoint",
     help="Load checkpoints that need more than plain types (weights_only=False). A pickle can run code: "
          "only for files you trust.")
+
+# The last options of both training commands, in this order (``with_run_options``).
+RUN_OPTIONS = {"tensorboard": (bool, TENSORBOARD), "set_": (list[str], MODEL_OVERRIDES), "quiet": (bool, QUIET),
+               "max_bad_fraction": (float, MAX_BAD_FRACTION), "max_bad_steps": (int, MAX_BAD_STEPS),
+               "trust_checkpoint": (bool, TRUST_CHECKPOINT)}
+
+
+def with_run_options(command):
+    """Append ``RUN_OPTIONS`` to a command's options; the command gets their values as one dict ``run``."""
+    own = [p for name, p in inspect.signature(command, eval_str=True).parameters.items() if name != "run"]
+    shared = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
+              for name, (kind, option) in RUN_OPTIONS.items()]
+
+    @functools.wraps(command)
+    def wrapper(**kwargs):
+        return command(**{k: v for k, v in kwargs.items() if k not in RUN_OPTIONS},
+                       run={k: kwargs[k] for k in RUN_OPTIONS})
+
+    wrapper.__signature__ = inspect.Signature(own + shared, return_annotation=None)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + shared}
+    return wrapper

@@ -1,6 +1,6 @@
-"""``trainer pretrain``, ``trainer plot`` and ``trainer export-hf``.
+"""``trainer pretrain``.
 
-Heavy imports (torch, transformers) happen inside the commands so ``--help`` stays fast.
+The trainer (torch) is imported inside the command so that ``--help`` stays fast.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ to opt out).
 
 def register(app: typer.Typer) -> None:
     @app.command("pretrain", help=PRETRAIN_HELP, no_args_is_help=True)
+    @common.with_run_options
     def pretrain_command(
         shards: str = typer.Option(..., "--shards", help="Training shards: a folder, a glob or a file of *.tar."),
         out: Path = typer.Option(..., "--out", "-o", help="Run directory (log.jsonl, checkpoints/)."),
@@ -70,20 +71,12 @@ def register(app: typer.Typer) -> None:
                        "2spk-concat and 2spk-mix-X; default: the training shards themselves. Dev/test "
                        "utterances are never partners."),
         init: Optional[str] = typer.Option(None, help="Initialise from our checkpoint, an HF folder or a fairseq .pt."),
-        tensorboard: bool = common.TENSORBOARD,
-        set_: list[str] = common.MODEL_OVERRIDES,
-        quiet: bool = common.QUIET,
-        max_bad_fraction: float = common.MAX_BAD_FRACTION,
-        max_bad_steps: int = common.MAX_BAD_STEPS,
-        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
+        run: dict = None,
     ) -> None:
         from trainer.model import load_config_file
         from trainer.schedules import SCHEDULES
 
-        try:
-            load_config_file(config)
-        except (FileNotFoundError, ValueError) as e:
-            raise typer.BadParameter(str(e), param_hint="--config")
+        common.check_value(load_config_file, config, "--config")
         if lr is not None and lr != "auto":
             try:
                 float(lr)
@@ -100,16 +93,11 @@ def register(app: typer.Typer) -> None:
                 common.check_shards(value, hint)
         if init and not Path(init).exists():
             raise typer.BadParameter(f"{init} does not exist", param_hint="--init")
-        common.check_limits(max_bad_fraction, max_bad_steps)
+        common.check_limits(run["max_bad_fraction"], run["max_bad_steps"])
         if simulate:
-            try:
-                from corpus_tools.simulate import parse_condition
-            except ImportError as e:
-                common.fail(f"--simulate needs corpus_tools.simulate, which could not be imported ({e})")
-            try:
-                parse_condition(simulate)
-            except ValueError as e:
-                raise typer.BadParameter(str(e), param_hint="--simulate")
+            from corpus_tools.simulate.conditions import parse_condition
+
+            common.check_value(parse_condition, simulate, "--simulate")
         from trainer.pretrain import PretrainArgs, pretrain
 
         args = PretrainArgs(
@@ -119,45 +107,10 @@ def register(app: typer.Typer) -> None:
             log_every=log_every, val_every=val_every, ckpt_every=ckpt_every, keep_checkpoints=keep_checkpoints,
             val_shards=val_shards, val_batches=val_batches, seed=seed, resume=resume, stop_after=stop_after,
             num_workers=num_workers, max_utterance_seconds=max_utterance_seconds, simulate=simulate, noise=noise,
-            music=music, stems=stems, simulate_source=simulate_source, init=init, tensorboard=tensorboard,
-            model_overrides=common.parse_overrides(set_), quiet=quiet, max_bad_fraction=max_bad_fraction,
-            max_bad_steps=max_bad_steps, trust_checkpoint=trust_checkpoint,
+            music=music, stems=stems, simulate_source=simulate_source, init=init,
+            model_overrides=common.parse_overrides(run.pop("set_")), **run,
         )
         with common.run_errors():  # bad data, divergence, a full disk or bad config found once training starts
             result = pretrain(args)
-        if not quiet:
+        if not args.quiet:
             typer.echo(f"done: step {result['step']}, {result['hours_seen']:.3f} h of audio seen, run in {out}")
-
-    @app.command("plot", no_args_is_help=True)
-    def plot_command(
-        run_dir: Path = typer.Argument(..., help="A `trainer pretrain --out` folder with log.jsonl."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where to write the PNGs (default RUN_DIR/plots)."),
-    ) -> None:
-        """Draw the training curves of RUN_DIR/log.jsonl to PNG files."""
-        from trainer.plot import plot_run
-
-        try:
-            paths = plot_run(run_dir, out)
-        except FileNotFoundError as e:
-            common.fail(str(e))
-        for p in paths:
-            typer.echo(str(p))
-
-    @app.command("export-hf", no_args_is_help=True)
-    def export_hf_command(
-        ckpt: Path = typer.Argument(..., help="A checkpoint (step_N.pt, best.pt) or a run directory."),
-        out_dir: Path = typer.Argument(..., help="Output folder for the Hugging Face model."),
-        model_only: bool = typer.Option(False, "--model-only",
-                                        help="Write Wav2Vec2Model (no quantizer) instead of Wav2Vec2ForPreTraining."),
-        trust_checkpoint: bool = common.TRUST_CHECKPOINT,
-    ) -> None:
-        """Export a checkpoint to a Hugging Face transformers Wav2Vec2ForPreTraining / Wav2Vec2Model folder."""
-        if not ckpt.exists():
-            raise typer.BadParameter(f"{ckpt} does not exist", param_hint="CKPT")
-        from trainer.hf import export_hf
-
-        try:
-            path = export_hf(ckpt, out_dir, pretraining=not model_only, trust=trust_checkpoint)
-        except (FileNotFoundError, ValueError) as e:
-            common.fail(str(e))
-        typer.echo(f"wrote {path}")

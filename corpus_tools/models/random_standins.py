@@ -14,6 +14,9 @@ import json
 import shutil
 from pathlib import Path
 
+from corpus_tools.atomic import write_text
+from corpus_tools.audio import SAMPLE_RATE
+
 STANDIN_NOTE = ("RANDOM WEIGHTS - a stand-in built by `corpus models prepare-offline` so that the real "
                 "loading code runs offline. Its outputs are meaningless; use a trained model for real work.")
 
@@ -44,7 +47,7 @@ def build_random_wav2vec2_ctc(dest: str | Path, *, letters: list[str] | None = N
     (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False, indent=1))
     tokenizer = Wav2Vec2CTCTokenizer(str(tmp / "vocab.json"), unk_token="<unk>", pad_token="<pad>",
                                      word_delimiter_token="|", do_lower_case=True)
-    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+    extractor = Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
                                          do_normalize=True, return_attention_mask=False)
     config = Wav2Vec2Config(
         vocab_size=len(vocab), pad_token_id=0, bos_token_id=1, eos_token_id=2,
@@ -66,7 +69,7 @@ def build_random_wav2vec2_ctc(dest: str | Path, *, letters: list[str] | None = N
 
 
 #: Small enough to run 1 s of audio in well under a second on CPU (depth 4 keeps the
-#: transformer sequence short; depth 2 makes it huge - see research/offline.md §4).
+#: transformer sequence short; depth 2 makes it huge).
 TINY_HTDEMUCS_KWARGS = dict(channels=16, depth=4, t_layers=1, t_heads=2, nfft=4096, segment=4)
 DEMUCS_SOURCES = ["drums", "bass", "other", "vocals"]
 
@@ -94,9 +97,7 @@ def build_random_htdemucs(repo: str | Path, name: str = "random-tiny-htdemucs", 
         old.unlink()
     save_with_checksum(package, repo / f"{sig}.th")
     yaml_path = repo / f"{name}.yaml"
-    tmp = yaml_path.with_suffix(".yaml.tmp")
-    tmp.write_text(f"# {STANDIN_NOTE}\nmodels: ['{sig}']\n")
-    tmp.replace(yaml_path)
+    write_text(yaml_path, f"# {STANDIN_NOTE}\nmodels: ['{sig}']\n")
     return yaml_path
 
 
