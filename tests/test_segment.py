@@ -234,6 +234,63 @@ def test_stats_prints_table_and_plot(segmented, tmp_path):
     assert (tmp_path / "h.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
+def test_score_of_every_method_agrees_with_an_independent_computation(segmented, tmp_path):
+    """corpus score on all ten methods of the sample broadcast equals plain interval arithmetic
+    over the same segments and the archive's own reference (test_score.independent_scores)."""
+    from test_score import independent_scores, read_sample_reference
+
+    work, _, _ = segmented
+    recording = Path(pl.read_parquet(WorkDir(work).recordings)["path"][0])
+    ref_dir = next(p / "reference" for p in recording.parents if (p / "reference").is_dir())
+    scored = tmp_path / "work"
+    shutil.copytree(work, scored, ignore=shutil.ignore_patterns("scores*"))
+    res = cli.invoke(app, ["score", str(scored), "--reference", str(ref_dir)])
+    assert res.exit_code == 0, res.output
+    rows = {r["method"]: r for r in pl.read_csv(scored / "segments" / "scores.csv").iter_rows(named=True)}
+    assert set(rows) == set(runner.METHODS)
+    turns, labels = read_sample_reference(ref_dir, recording.stem)
+    for method in runner.METHODS:
+        segs = [(r["start"], r["end"]) for r in read_segments(WorkDir(scored).segments(method)).iter_rows(named=True)]
+        assert segs, method
+        for key, value in independent_scores(segs, turns, labels).items():
+            assert rows[method][key] == pytest.approx(value, abs=1e-6), (method, key)
+
+
+def test_stats_names_the_aligner_and_diarizer_of_each_method(tmp_path):
+    """corpus stats reads the model identities a method's drops.json records: the Whisper
+    aligner as ``whisper (<model>)``, a CTC model by name, a stand-in marked, nothing for methods
+    that use neither."""
+    from corpus_tools.manifests import RECORDINGS_SCHEMA, SEGMENTS_SCHEMA, conform, write_recordings, write_segments
+
+    wd = WorkDir(tmp_path)
+    write_recordings(conform(pl.DataFrame({"recording_id": ["r"], "path": ["/r.wav"], "status": ["ok"],
+                                           "duration": [100.0]}), RECORDINGS_SCHEMA), wd.recordings)
+    whisper = {"name": "base", "kind": "whisper-ct2", "stand_in": False}
+    made_by = {
+        "sad": {"vad": {"name": "pyannote-segmentation-3.0", "kind": "vad", "stand_in": False}},
+        "wx-align": {"align": whisper},
+        "wx-diar": {"align": {"name": "xlsr-nl", "kind": "align", "stand_in": False},
+                    "diarization": {"name": "pyannote-seg3-campplus", "kind": "diarization", "stand_in": False}},
+        "wx-diar-3s": {"align": {"name": "random-wav2vec2-ctc", "kind": "align", "stand_in": True},
+                       "diarization": {"name": "pyannote-seg3-campplus", "kind": "diarization", "stand_in": False}},
+    }
+    for method, models in made_by.items():
+        write_segments(conform(pl.DataFrame({"segment_id": [f"{method}-0"], "recording_id": ["r"], "start": [0.0],
+                                             "end": [5.0], "duration": [5.0], "method": [method]}), SEGMENTS_SCHEMA),
+                       wd.segments(method))
+        (wd.segments_dir / f"{method}.drops.json").write_text(json.dumps({"models": models}))
+    res = cli.invoke(app, ["stats", str(tmp_path), "--csv", str(tmp_path / "t.csv")])
+    assert res.exit_code == 0, res.output
+    t = {r["method"]: r for r in pl.read_csv(tmp_path / "t.csv").iter_rows(named=True)}
+    t = {m: {k: v or "" for k, v in r.items()} for m, r in t.items()}  # an empty cell reads as null
+    assert (t["sad"]["aligner"], t["sad"]["diarizer"]) == ("", "")
+    assert (t["wx-align"]["aligner"], t["wx-align"]["diarizer"]) == ("whisper (base)", "")
+    assert (t["wx-diar"]["aligner"], t["wx-diar"]["diarizer"]) == ("xlsr-nl", "pyannote-seg3-campplus")
+    assert t["wx-diar-3s"]["aligner"] == "random-wav2vec2-ctc (RANDOM STAND-IN)"
+    assert "whisper (base)" in res.output and "RANDOM STAND-IN" in res.output
+
+
 def test_unknown_method_and_missing_workdir(tmp_path):
     res = cli.invoke(app, ["segment", str(tmp_path), "--method", "bogus"])
     assert res.exit_code != 0 and "unknown method" in res.output
