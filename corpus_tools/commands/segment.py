@@ -23,8 +23,8 @@ def segment(
     method: Annotated[list[str], typer.Option("--method", "-m", help=METHOD_HELP)] = list(DEFAULT_METHODS),
     whisper_model: Annotated[str, typer.Option(help="Whisper name (large-v2, base, ...) or local path "
                                                "(CTranslate2 dir, or .pt for openai-whisper).")] = C.whisper_model,
-    asr_backend: Annotated[AsrBackend, typer.Option(help="Backend of the w-* methods. "
-                                                    "wx-* always use WhisperX (faster-whisper).")
+    asr_backend: Annotated[AsrBackend, typer.Option(metavar="NAME", help="Backend of the w-* methods: faster-whisper | "
+                                                    "openai-whisper. wx-* always use WhisperX (faster-whisper).")
                            ] = AsrBackend(C.asr_backend),
     language: Annotated[str, typer.Option(help="Language code for ASR, alignment and the phrase list.")] = C.language,
     align_model: Annotated[Optional[str], typer.Option(help="Word aligner of wx-align: a wav2vec2 CTC model (name or "

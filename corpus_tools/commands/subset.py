@@ -23,7 +23,7 @@ subset, and smaller budgets of one seed are nested in bigger ones (10 min ⊂ 1 
 
 
 def subset(
-    src: Annotated[str, typer.Argument(help="A segments manifest (.parquet/.csv) or a shard set (folder/glob).")],
+    src: Annotated[str, typer.Argument(metavar="SRC", help="A segments manifest (.parquet/.csv) or a shard set (folder/glob).")],
     hours: Annotated[float, typer.Option("--hours", help="Hours of audio to draw (e.g. 0.1667 for 10 min).")],
     out: Annotated[Path, typer.Option("--out", "-o",
                                       help="Output: a manifest file for a manifest, a shard folder for shards.")],
