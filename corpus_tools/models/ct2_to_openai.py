@@ -133,6 +133,20 @@ def _split_attention(sd: dict, src: CT2Model, ct2: str, dst: str, parts: tuple[s
             sd[f"{dst}.{part}.bias"] = b
 
 
+def _self_attention(sd: dict, model: CT2Model, c: str, o: str) -> None:
+    """A block's pre-norm self-attention (CT2 fuses q, k and v into one linear)."""
+    _norm(sd, model, f"{c}/self_attention/layer_norm", f"{o}.attn_ln")
+    _split_attention(sd, model, f"{c}/self_attention/linear_0", f"{o}.attn", ("query", "key", "value"))
+    _linear(sd, model, f"{c}/self_attention/linear_1", f"{o}.attn.out")
+
+
+def _ffn(sd: dict, model: CT2Model, c: str, o: str) -> None:
+    """A block's pre-norm feed-forward network."""
+    _norm(sd, model, f"{c}/ffn/layer_norm", f"{o}.mlp_ln")
+    _linear(sd, model, f"{c}/ffn/linear_0", f"{o}.mlp.0")
+    _linear(sd, model, f"{c}/ffn/linear_1", f"{o}.mlp.2")
+
+
 def ct2_to_openai_state(model: CT2Model) -> tuple[dict, dict[str, np.ndarray]]:
     """Return ``(dims, state_dict)`` for ``whisper.model.Whisper`` from a parsed CT2 Whisper model."""
     if model.spec != "WhisperSpec":
@@ -144,28 +158,20 @@ def ct2_to_openai_state(model: CT2Model) -> tuple[dict, dict[str, np.ndarray]]:
     sd["encoder.positional_embedding"] = model.get("encoder/position_encodings/encodings")
     for i in range(n_enc):
         c, o = f"encoder/layer_{i}", f"encoder.blocks.{i}"
-        _norm(sd, model, f"{c}/self_attention/layer_norm", f"{o}.attn_ln")
-        _split_attention(sd, model, f"{c}/self_attention/linear_0", f"{o}.attn", ("query", "key", "value"))
-        _linear(sd, model, f"{c}/self_attention/linear_1", f"{o}.attn.out")
-        _norm(sd, model, f"{c}/ffn/layer_norm", f"{o}.mlp_ln")
-        _linear(sd, model, f"{c}/ffn/linear_0", f"{o}.mlp.0")
-        _linear(sd, model, f"{c}/ffn/linear_1", f"{o}.mlp.2")
+        _self_attention(sd, model, c, o)
+        _ffn(sd, model, c, o)
     _norm(sd, model, "encoder/layer_norm", "encoder.ln_post")
 
     sd["decoder.token_embedding.weight"] = model.get("decoder/embeddings/weight")
     sd["decoder.positional_embedding"] = model.get("decoder/position_encodings/encodings")
     for i in range(n_dec):
         c, o = f"decoder/layer_{i}", f"decoder.blocks.{i}"
-        _norm(sd, model, f"{c}/self_attention/layer_norm", f"{o}.attn_ln")
-        _split_attention(sd, model, f"{c}/self_attention/linear_0", f"{o}.attn", ("query", "key", "value"))
-        _linear(sd, model, f"{c}/self_attention/linear_1", f"{o}.attn.out")
+        _self_attention(sd, model, c, o)
         _norm(sd, model, f"{c}/attention/layer_norm", f"{o}.cross_attn_ln")
         _linear(sd, model, f"{c}/attention/linear_0", f"{o}.cross_attn.query")
         _split_attention(sd, model, f"{c}/attention/linear_1", f"{o}.cross_attn", ("key", "value"))
         _linear(sd, model, f"{c}/attention/linear_2", f"{o}.cross_attn.out")
-        _norm(sd, model, f"{c}/ffn/layer_norm", f"{o}.mlp_ln")
-        _linear(sd, model, f"{c}/ffn/linear_0", f"{o}.mlp.0")
-        _linear(sd, model, f"{c}/ffn/linear_1", f"{o}.mlp.2")
+        _ffn(sd, model, c, o)
     _norm(sd, model, "decoder/layer_norm", "decoder.ln")
 
     conv1 = sd["encoder.conv1.weight"]

@@ -20,7 +20,7 @@ Whisper's word probability). The wx-align stage keeps each word inside its chunk
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -178,17 +178,15 @@ def _sampling_aware_whisper_class():
     return _SAMPLING_AWARE_WHISPER
 
 
-@dataclass
 class ModelSet:
     """Loads each model on first use and keeps it for the life of the process."""
 
-    cfg: SegmentConfig
-    _cache: dict[str, Any] = field(default_factory=dict)
-    _resolved: dict[str, Any] = field(default_factory=dict)
-    _fw_threads: int | None = None
-
-    def __post_init__(self):
-        prepare_runtime(self.cfg.models_dir)  # NLTK data, pyannote telemetry off
+    def __init__(self, cfg: SegmentConfig):
+        self.cfg = cfg
+        self._cache: dict[str, Any] = {}
+        self._resolved: dict[str, Any] = {}
+        self._fw_threads: int | None = None
+        prepare_runtime(cfg.models_dir)  # NLTK data, pyannote telemetry off
 
     def _get(self, key: str, loader):
         if key not in self._cache:
