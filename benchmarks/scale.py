@@ -144,14 +144,15 @@ def main(argv: list[str] | None = None) -> None:
             from corpus_tools.manifests import WorkDir
             from corpus_tools.segment import postprocess as pp
             from corpus_tools.segment import runner
+            from corpus_tools.segment.assemble import write_method
             from corpus_tools.segment.backends import SegmentConfig, resolve_stage_keys
 
             cfg = SegmentConfig(models_dir=str(models), device="cpu")
             wd = WorkDir(src)
             cache = runner.StageCache(wd, resolve_stage_keys(cfg, ["vad"]))
-            df, drops = runner.assemble("sad", runner.ok_recordings(wd), cache, pp.load_phrases("nl", None), "nl")
-            runner.write_method(wd, "sad", df, drops, cfg)
-            seg_audio = float(df["duration"].sum())
+            written = write_method(wd, "sad", runner.ok_recordings(wd), cache, pp.load_phrases("nl", None), cfg,
+                                   [str(f) for f in pp.phrase_files("nl")])
+            seg_audio = written.drops["kept_seconds"]
             rows = []
             for backend, n in configs:
                 wall = time_shard(src, root / f"shards-{backend}-{n}", backend, n)

@@ -131,6 +131,23 @@ def read_segments(path: str | os.PathLike) -> pl.DataFrame:
     return read_manifest(path, SEGMENTS_SCHEMA, "segments")
 
 
+def scan_segments(path: str | os.PathLike) -> pl.LazyFrame:
+    """A Parquet segments manifest as a lazy scan of its required columns, cast to the schema:
+    what :func:`read_segments` gives, for queries that stream its row groups instead of
+    loading it (``ManifestError`` if it is missing, unreadable or lacks a required column)."""
+    path = Path(path)
+    if not path.exists():
+        raise ManifestError(f"segments manifest not found: {path}")
+    try:
+        columns = pl.read_parquet_schema(path)
+    except Exception as exc:  # polars raises several error types for corrupt files
+        raise ManifestError(f"cannot read segments manifest {path}: {exc}") from exc
+    missing = [c for c in SEGMENTS_SCHEMA if c not in columns]
+    if missing:
+        raise ManifestError(f"segments manifest lacks required columns: {', '.join(missing)}")
+    return pl.scan_parquet(path).select([pl.col(c).cast(t) for c, t in SEGMENTS_SCHEMA.items()])
+
+
 # -- work-directory layout --------------------------------------------------------------
 
 

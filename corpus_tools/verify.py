@@ -20,8 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import multiprocessing as mp
+import os
 import tarfile
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,8 +35,8 @@ from corpus_tools import shards as sh
 from corpus_tools.audio import SAMPLE_RATE
 from corpus_tools.data.members import AUDIO_EXTENSIONS, audio_problem, decode_into, member_info
 from corpus_tools.data.tar_index import ends_cleanly
-from corpus_tools.manifests import (RECORDINGS_SCHEMA, SEGMENTS_SCHEMA, ManifestError, WorkDir,
-                                    read_manifest, validate)
+from corpus_tools.manifests import (RECORDINGS_SCHEMA, ManifestError, WorkDir, read_manifest, scan_segments,
+                                    validate)
 
 # keys the shard stream and nanow2v2 both rely on
 REQUIRED_JSON_KEYS = (
@@ -303,8 +306,11 @@ def _shards_vs_segments(all_utts: list[tuple[str, dict]], segments: pl.DataFrame
     return rep
 
 
-def _inside_recordings(rows: list[dict], recordings: pl.DataFrame, what: str) -> Report:
-    """Every row (segment_id|id, recording_id, start, end) lies inside its ok recording."""
+def _inside_recordings(rows: list[dict], recordings: pl.DataFrame, what: str,
+                       total: int | None = None) -> Report:
+    """Every row (segment_id|id, recording_id, start, end) lies inside its ok recording.
+    ``total``: how many rows were checked, when ``rows`` holds only the suspects of a
+    manifest (:func:`_outside_suspects`)."""
     rep = Report("")
     recs = {r["recording_id"]: r for r in recordings.select("recording_id", "status", "duration")
             .iter_rows(named=True)}
@@ -324,7 +330,8 @@ def _inside_recordings(rows: list[dict], recordings: pl.DataFrame, what: str) ->
             probs.append(f"{sid}: bad time range {start}–{end}")
         elif rec["duration"] is not None and end > rec["duration"] + TIME_TOLERANCE_S:
             probs.append(f"{sid}: ends at {end:.3f} s, after its recording ({rec['duration']:.3f} s)")
-    rep.check(f"inside recordings ({what})", probs, f"{len(rows)} segments inside their recordings")
+    rep.check(f"inside recordings ({what})", probs,
+              f"{len(rows) if total is None else total} segments inside their recordings")
     return rep
 
 
@@ -332,9 +339,14 @@ def _inside_recordings(rows: list[dict], recordings: pl.DataFrame, what: str) ->
 
 
 def verify_workdir(workdir: str | Path, *, methods: list[str] | None = None,
-                   shards: str | Path | None = None) -> Report:
+                   shards: str | Path | None = None, workers: int = 0) -> Report:
     """Check a work directory's manifests (and, with ``shards``, a shard directory against
-    the segments of ``methods[0]`` or of the only method present)."""
+    the segments of ``methods[0]`` or of the only method present).
+
+    A segments manifest is scanned, never loaded whole (:func:`_check_segments`), so the
+    check runs in memory that does not grow with the corpus, but for the 64-bit hash of each
+    segment id (the uniqueness check; ~100 bytes a segment in all, measured). ``workers``: processes that parse the stage
+    caches (0: one per CPU; one for small caches)."""
     wd = WorkDir(workdir)
     rep = Report(str(wd.root))
     try:
@@ -359,49 +371,66 @@ def verify_workdir(workdir: str | Path, *, methods: list[str] | None = None,
     rep.totals.update(recordings=recs.height, recordings_ok=ok.height)
 
     present = wd.methods_present()
-    seg_frames: dict[str, pl.DataFrame] = {}
+    checked: set[str] = set()
     for m in methods or present:
         path = wd.segments(m)
         if not path.is_file():
             rep.check(f"segments/{m}", [f"{path} missing (present: {', '.join(present) or 'none'})"])
             continue
         try:
-            df = validate(read_manifest(path, None, "segments"), SEGMENTS_SCHEMA, "segments")
+            rep.merge(_check_segments(m, path, recs, wd.segments_dir / f"{m}.drops.json"))
         except ManifestError as exc:
             rep.check(f"segments/{m}", [str(exc)])
             continue
-        seg_frames[m] = df
-        rep.merge(_check_segments(m, df, recs, wd.segments_dir / f"{m}.drops.json"))
-    rep.merge(_check_caches(wd))
+        checked.add(m)
+    rep.merge(_check_caches(wd, workers))
     if shards is not None:
         target = methods[0] if methods else (present[0] if len(present) == 1 else None)
         if target is None:
             rep.check("shards", [f"{wd.root} holds segments of {', '.join(present) or 'no method'}: "
                                  f"name the method the shards were written from with --method"])
-        elif target in seg_frames:
-            rep.merge(verify_shard_dir(shards, segments=seg_frames[target], recordings=recs))
+        elif target in checked:
+            segments = scan_segments(wd.segments(target)).select("segment_id", "start", "end", "duration").collect()
+            rep.merge(verify_shard_dir(shards, segments=segments, recordings=recs))
     return rep
 
 
-def _check_segments(method: str, df: pl.DataFrame, recs: pl.DataFrame, drops_path: Path) -> Report:
+def _collect(frame: pl.LazyFrame, path: Path) -> pl.DataFrame:
+    """Run a query on the streaming engine: row groups flow through, nothing is held whole."""
+    try:
+        return frame.collect(engine="streaming")
+    except Exception as exc:  # a footer that reads over damaged row groups
+        raise ManifestError(f"cannot read segments manifest {path}: {exc}") from exc
+
+
+def _check_segments(method: str, path: Path, recs: pl.DataFrame, drops_path: Path) -> Report:
+    """The manifest's own checks (unique ids, its method, duration = end - start, the path of
+    its recording, hours = drops.json) and that every segment lies inside its recording."""
     rep = Report("")
     name = f"segments/{method}"
+    seg = scan_segments(path)
+    known = _recordings_by_id(recs)
+    joined = seg.join(known, on="recording_id", how="left", nulls_equal=True, maintain_order="left")
+    wrong_path = pl.col("_known") & ~pl.col("_rec_path").eq_missing(pl.col("path"))
+    summary = _collect(seg.select(
+        pl.len().alias("rows"), pl.col("segment_id").null_count().alias("null_ids"),
+        (pl.col("method") != method).sum().alias("other"),
+        pl.col("method").filter(pl.col("method") != method).first().alias("other_method"),
+        ((pl.col("duration") - (pl.col("end") - pl.col("start"))).abs() > 1e-6).sum().alias("bad_dur"),
+        pl.col("duration").sum().alias("seconds")), path).row(0, named=True)
+    paths = _collect(joined.select(wrong_path.sum().alias("n"),
+                                   pl.col("segment_id").filter(wrong_path).first().alias("first")), path)
     probs = []
-    if df["segment_id"].null_count() or not df["segment_id"].is_unique().all():
-        dup = df.filter(pl.col("segment_id").is_duplicated())["segment_id"].head(1).to_list()
+    dup = _duplicate_id(seg, path)
+    if summary["null_ids"] or dup is not None:
         probs.append(f"segment_id null or duplicated (e.g. {dup[0] if dup else 'null'})")
-    other = df.filter(pl.col("method") != method)
-    if other.height:
-        probs.append(f"{other.height} row(s) with method {other['method'][0]!r}")
-    bad_dur = df.filter((pl.col("duration") - (pl.col("end") - pl.col("start"))).abs() > 1e-6)
-    if bad_dur.height:
-        probs.append(f"{bad_dur.height} row(s) where duration != end - start")
-    paths = dict(recs.select("recording_id", "path").iter_rows())
-    wrong_path = [r["segment_id"] for r in df.select("segment_id", "recording_id", "path").iter_rows(named=True)
-                  if r["recording_id"] in paths and paths[r["recording_id"]] != r["path"]]
-    if wrong_path:
-        probs.append(f"{len(wrong_path)} row(s) whose path is not their recording's, e.g. {wrong_path[0]}")
-    hours = float(df["duration"].sum()) / 3600.0 if df.height else 0.0
+    if summary["other"]:
+        probs.append(f"{summary['other']} row(s) with method {summary['other_method']!r}")
+    if summary["bad_dur"]:
+        probs.append(f"{summary['bad_dur']} row(s) where duration != end - start")
+    if paths["n"][0]:
+        probs.append(f"{paths['n'][0]} row(s) whose path is not their recording's, e.g. {paths['first'][0]}")
+    hours = float(summary["seconds"] or 0.0) / 3600.0 if summary["rows"] else 0.0
     if drops_path.is_file():
         try:
             kept = json.loads(drops_path.read_text())["kept_seconds"]
@@ -409,32 +438,67 @@ def _check_segments(method: str, df: pl.DataFrame, recs: pl.DataFrame, drops_pat
                 probs.append(f"{drops_path.name} says {kept / 3600:.6f} h kept, the manifest holds {hours:.6f} h")
         except (OSError, ValueError, KeyError) as exc:
             probs.append(f"cannot read {drops_path.name}: {exc}")
-    rep.check(name, probs, f"{df.height} segments, {hours:.4f} h")
-    rep.merge(_inside_recordings(df.select("segment_id", "recording_id", "start", "end").to_dicts(),
-                                 recs, method))
-    rep.totals[f"{method}_segments"] = df.height
+    rep.check(name, probs, f"{summary['rows']} segments, {hours:.4f} h")
+    rep.merge(_inside_recordings(_outside_suspects(joined, path), recs, method, total=summary["rows"]))
+    rep.totals[f"{method}_segments"] = summary["rows"]
     rep.totals[f"{method}_hours"] = hours
     return rep
 
 
-def _check_caches(wd) -> Report:
-    """Stage caches: damaged entries and temp files are warnings (a rerun redoes them)."""
+def _recordings_by_id(recs: pl.DataFrame) -> pl.LazyFrame:
+    """The recordings to join segments with: the last row of an id, as a dict of them keeps
+    (the recordings check reports ids that repeat)."""
+    return (recs.lazy().unique("recording_id", keep="last", maintain_order=True)
+            .select("recording_id", pl.col("status").alias("_status"), pl.col("duration").alias("_rec_duration"),
+                    pl.col("path").alias("_rec_path"), pl.lit(True).alias("_known")))
+
+
+def _outside_suspects(joined: pl.LazyFrame, path: Path) -> list[dict]:
+    """The rows that may lie outside their ok recording, in manifest order: every row the
+    Python check of :func:`_inside_recordings` could fault (a superset: NaN compares as the
+    largest float in polars, so rows with one are suspects too), which then decides."""
+    start, end, status, dur = pl.col("start"), pl.col("end"), pl.col("_status"), pl.col("_rec_duration")
+    suspect = (status.is_null() | (status != "ok") | start.is_null() | end.is_null() | start.is_nan()
+               | end.is_nan() | (start < 0) | (start >= end)
+               | (dur.is_not_null() & (dur.is_nan() | (end > dur + TIME_TOLERANCE_S))))
+    return _collect(joined.filter(suspect.fill_null(True)).select("segment_id", "recording_id", "start", "end"),
+                    path).to_dicts()
+
+
+def _duplicate_id(seg: pl.LazyFrame, path: Path) -> tuple[str | None] | None:
+    """``(id,)``: the first segment id (in manifest order) that occurs twice, or None.
+
+    Only the 64-bit hashes of all ids are held (sorted in numpy); the rows whose hash repeats,
+    few unless ids do, are then compared by their ids."""
+    hashes = np.sort(_collect(seg.select(pl.col("segment_id").hash(seed=0)), path).to_series().to_numpy())
+    repeated = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    del hashes
+    if not len(repeated):
+        return None
+    rows = _collect(seg.select("segment_id", pl.col("segment_id").hash(seed=0).alias("_h"))
+                    .filter(pl.col("_h").is_in(pl.Series(repeated, dtype=pl.UInt64))), path)
+    dup = rows.filter(pl.col("segment_id").is_duplicated())["segment_id"].head(1).to_list()
+    return (dup[0],) if dup else None
+
+
+def _check_caches(wd, workers: int = 0) -> Report:
+    """Stage caches: damaged entries and temp files are warnings (a rerun redoes them).
+    Every entry is parsed, as a rerun would parse it; in ``workers`` processes (0: one per
+    CPU) when there are many, since parsing the caches is most of what a large check costs."""
     rep = Report("")
     root = wd.root / "cache"
     if not root.is_dir():
         return rep
-    damaged, tmp, n = [], [], 0
+    entries, tmp = [], []
     for p in root.rglob("*"):
         if not p.is_file():
             continue
         if p.name.startswith(".") and p.name.endswith(".tmp"):
             tmp.append(p)
         elif p.suffix == ".json":
-            n += 1
-            try:
-                json.loads(p.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                damaged.append(p)
+            entries.append(p)
+    n = len(entries)
+    damaged = _damaged_entries(entries, workers)
     if damaged:
         rep.warnings.append(f"{len(damaged)} damaged cache entr{'y' if len(damaged) == 1 else 'ies'} "
                             f"(recomputed on the next run), e.g. {damaged[0].relative_to(wd.root)}")
@@ -444,3 +508,29 @@ def _check_caches(wd) -> Report:
     rep.checks.append(Check("caches", True, f"{n} cache entries readable" if not damaged else
                             f"{n - len(damaged)} of {n} cache entries readable"))
     return rep
+
+
+CACHE_CHUNK = 64  # cache entries a worker process parses per task
+MIN_ENTRIES_PER_WORKER = 2000  # fewer are parsed here: starting a process costs a second or two
+
+
+def _damaged_entries(entries: list[Path], workers: int) -> list[Path]:
+    """The entries that do not parse as JSON (UTF-8, as ``StageCache.get`` reads them), in order."""
+    wanted = workers if workers > 0 else (os.cpu_count() or 1)
+    workers = min(wanted, len(entries) // MIN_ENTRIES_PER_WORKER)
+    if workers <= 1:
+        return _unparsable(entries)
+    chunks = [entries[i:i + CACHE_CHUNK] for i in range(0, len(entries), CACHE_CHUNK)]
+    # spawn: polars threads in this process are not fork-safe
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        return [p for bad in pool.map(_unparsable, chunks) for p in bad]
+
+
+def _unparsable(entries: list[Path]) -> list[Path]:
+    bad = []
+    for p in entries:
+        try:
+            json.loads(p.read_bytes().decode("utf-8"))
+        except (OSError, ValueError):
+            bad.append(p)
+    return bad

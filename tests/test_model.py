@@ -483,3 +483,16 @@ def test_import_fairseq_checkpoint(tmp_path):
     got = load_pretrained(tmp_path / "ctc.pt").eval()
     with torch.no_grad():
         assert torch.allclose(got.wav2vec2(audio)["context"], ref.wav2vec2(audio)["context"], atol=1e-6)
+
+
+def test_negative_sampling_compiles_with_symbolic_shapes():
+    """``trainer pretrain --compile`` recompiles with symbolic shapes on a later step; drawing
+    distractors with ``generator=None`` failed there ("SymIntArrayRef expected to contain only
+    concrete integers")."""
+    from trainer.losses import sample_negatives
+
+    compiled = torch.compile(sample_negatives, backend="aot_eager", dynamic=True)
+    for n in (7, 11, 13):
+        utt = torch.tensor([0] * (n // 2) + [1] * (n - n // 2))
+        idx, usable = compiled(utt, 5)
+        assert idx.shape == (n, 5) and usable.all()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from corpus_tools.cli import app
 from corpus_tools.manifests import WorkDir, read_segments
-from corpus_tools.segment import runner
+from corpus_tools.segment import assemble, runner
 from corpus_tools.segment.backends import SegmentConfig, resolve_stage_keys
 
 cli = CliRunner()
@@ -311,9 +311,9 @@ def test_phrase_list_option_extends_or_replaces_and_is_recorded(tmp_path, monkey
     extra.write_text("reclame\n", encoding="utf-8")
     models = ["--whisper-model", "base", "--models-dir", str(models_dir)]  # stage keys name the models
     seen = []
-    real = runner.assemble
-    monkeypatch.setattr(runner, "assemble", lambda m, recs, cache, phrases, lang: seen.append(phrases)
-                        or real(m, recs, cache, phrases, lang))
+    real = assemble.write_method
+    monkeypatch.setattr(assemble, "write_method", lambda wd, m, recs, cache, phrases, *a, **kw: seen.append(phrases)
+                        or real(wd, m, recs, cache, phrases, *a, **kw))
     for extra_args, files in [([], [PHRASES_DIR / "nl.txt"]),
                               (["--phrase-list", str(extra)], [PHRASES_DIR / "nl.txt", extra]),
                               (["--phrase-list", str(extra), "--no-default-phrases"], [extra])]:
@@ -353,7 +353,7 @@ def test_segment_failed_decode_is_counted(tmp_path, sample_archive):
     rec = runner.ok_recordings(wd)[0]
     res = runner.process_recording(rec, ["vad"], cache, models=None)
     assert "decode failed" in res["error"]
-    df, drops = runner.assemble("sad", [rec], cache, set(), "nl")
+    df, drops = assemble.assemble("sad", [rec], cache, set(), "nl")
     assert df.height == 0 and drops["failed_seconds"] == pytest.approx(rec["duration"])
 
 

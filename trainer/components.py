@@ -87,13 +87,13 @@ class ChannelNorm(nn.Module):
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
             if mask is None:
-                mean = x.mean(dim=-1, keepdim=True)
-                var = (x - mean).pow(2).mean(dim=-1, keepdim=True)
-            else:
-                m = mask[:, None, :].float()
-                count = m.sum(dim=-1, keepdim=True).clamp_min(1.0)
-                mean = (x * m).sum(dim=-1, keepdim=True) / count
-                var = ((x - mean).pow(2) * m).sum(dim=-1, keepdim=True) / count
+                # one fused kernel over the CNN's largest activation (a third of its backward time
+                # went to separate elementwise passes)
+                return F.group_norm(x, x.shape[1], self.weight.float(), self.bias.float(), self.eps)
+            m = mask[:, None, :].float()
+            count = m.sum(dim=-1, keepdim=True).clamp_min(1.0)
+            mean = (x * m).sum(dim=-1, keepdim=True) / count
+            var = ((x - mean).pow(2) * m).sum(dim=-1, keepdim=True) / count
             y = (x - mean) * torch.rsqrt(var + self.eps)
             y = y * self.weight[None, :, None].float() + self.bias[None, :, None].float()
         # Stays float32; under autocast the next conv casts its input itself.

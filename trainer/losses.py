@@ -53,7 +53,10 @@ def sample_negatives(utterance_of_frame: torch.Tensor, num_negatives: int,
     position = torch.arange(N, device=device) - start
     # Uniform over the size - 1 other frames: draw in [0, size-2] and skip the frame itself.
     others = (size - 1).clamp_min(1)
-    draw = (torch.rand(N, num_negatives, device=device, generator=generator) * others[:, None]).long()
+    # no generator argument when there is none: torch.compile cannot trace generator=None
+    # with symbolic shapes ("SymIntArrayRef expected to contain only concrete integers")
+    rand = torch.rand(N, num_negatives, device=device, **({"generator": generator} if generator is not None else {}))
+    draw = (rand * others[:, None]).long()
     draw = torch.minimum(draw, others[:, None] - 1)
     draw = draw + (draw >= position[:, None]).long()
     usable = size >= 2

@@ -50,8 +50,8 @@ def merge(
                 written = merge_segment_parts(wd, parse_methods(method) if method else None)
             except MergeError as exc:
                 raise fail(str(exc)) from None
-            for m, df, drops in written:
-                stdout.print(f"  {m:11s} {df.height:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
+            for m, segments, drops in written:
+                stdout.print(f"  {m:11s} {segments:6d} segments  {drops['kept_seconds'] / 3600:8.3f} h kept  "
                              f"→ {wd.segments(m)}")
             print_standard_outputs({"rttm": len(list(wd.rttm_dir.glob("*.rttm"))),
                                     "ctm": len(list(wd.ctm_dir.glob("*.ctm")))}, wd)

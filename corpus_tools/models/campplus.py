@@ -199,7 +199,8 @@ class CAMPPlusEmbedding(Model):
 
     ``forward(waveforms, weights=None)``: waveforms (batch, 1, samples); optional frame weights
     (batch, frames) from the diarization pipeline select the frames of one speaker (frames with
-    weight > 0.5; all frames when fewer than ``MIN_FRAMES`` are selected).
+    weight > 0.5; all frames when fewer than ``MIN_FRAMES`` are selected; a NaN embedding when
+    every weight is 0: no frame of that speaker).
     """
 
     MIN_FRAMES = 20            # 0.2 s of fbank frames: below this the statistics are meaningless
@@ -227,6 +228,13 @@ class CAMPPlusEmbedding(Model):
             raise ValueError("CAM++ needs at least 400 samples (25 ms at 16 kHz)")
         embeddings = []
         for i in range(waveforms.shape[0]):
+            if weights is not None and not bool(weights[i].any()):
+                # a speaker silent in the whole chunk has no voice to embed: pyannote's
+                # clustering drops NaN embeddings and assigns inactive speakers to no cluster,
+                # so this is the same diarization without a whole-chunk embedding per absent
+                # local speaker (on broadcast audio about 40 % of the (chunk, speaker) pairs)
+                embeddings.append(torch.full((self.dimension,), float("nan"), device=waveforms.device))
+                continue
             feats = self.compute_fbank(waveforms[i, 0])
             if weights is not None:
                 w = weights[i].reshape(1, 1, -1).float()

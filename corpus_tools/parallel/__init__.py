@@ -9,7 +9,7 @@ that hold their models, one per GPU when the cluster has GPUs, CPU actors otherw
 Every backend writes exactly what the local backend writes, through the same functions:
 
 * segment (:mod:`.segment`) — workers fill the per-recording stage caches (atomic files);
-  the driver assembles the manifests from the caches with ``runner.assemble``;
+  the driver assembles the manifests from the caches with ``assemble.write_method``;
 * shard (:mod:`.shards`) — Ray tasks call ``write_shards(..., num_shards=K, shard_index=i)``
   on disjoint subsets of the one deterministic plan; the index is written from the shard markers;
 * stem (:mod:`.stems`) — actors run ``stems.stem_batch`` on the very batches ``stem_clips`` would form;

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from corpus_tools.atomic import write_text
+from corpus_tools.segment import assemble
 from corpus_tools.segment import postprocess as pp
 from corpus_tools.segment import runner
 from corpus_tools.segment.backends import SegmentConfig
@@ -82,12 +82,12 @@ def _parts_stage_keys(parts: list[dict]) -> dict[str, dict]:
     return keys
 
 
-def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str, Any, dict]]:
+def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str, int, dict]]:
     """Assemble and write the manifests of a work directory segmented in parts.
 
     Checks that every part 0..N-1 finished with the same settings and that every ok
     recording has its stages cached; then writes exactly what an unsplit run writes.
-    Returns ``[(method, segments_df, drops)]``.
+    Returns ``[(method, segment count, drops)]``.
     """
     parts = read_segment_parts(wd)
     if not parts:
@@ -131,9 +131,9 @@ def merge_segment_parts(wd, methods: list[str] | None = None) -> list[tuple[str,
     phrases = pp.load_phrases(cfg.language, files, default=False)
     out = []
     for m in methods:
-        df, drops = runner.assemble(m, recs, cache, phrases, cfg.language)
-        drops["phrase_lists"] = [str(f) for f in files]
-        runner.write_method(wd, m, df, drops, cfg)
-        out.append((m, df, drops))
+        # the merge is where a corpus split over machines comes together: every CPU assembles
+        written = assemble.write_method(wd, m, recs, cache, phrases, cfg, [str(f) for f in files],
+                                        workers=assemble.assembly_workers(0, len(recs)))
+        out.append((m, written.segments, written.drops))
     write_standard_outputs(wd, recs, cache, stages)
     return out

@@ -20,6 +20,7 @@ Whisper's word probability). The wx-align stage keeps each word inside its chunk
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,7 @@ from corpus_tools.models import (default_model, identify, is_whisper_aligner, lo
 from corpus_tools.segment import diarize
 from corpus_tools.segment import postprocess as pp
 from corpus_tools.segment import whisper_align as wa
+from corpus_tools.segment.reuse import EncoderOutputs, RecordingWork
 
 
 @dataclass
@@ -160,13 +162,21 @@ _SAMPLING_AWARE_WHISPER = None
 def _sampling_aware_whisper_class():
     """WhisperX's WhisperModel that notes when a window fell back to sampling (also windows
     whose sampled text is then dropped as silence or empty, which no returned segment shows):
-    ``generate_with_fallback`` returns the last temperature it tried."""
+    ``generate_with_fallback`` returns the last temperature it tried. It also hands each
+    encoder output to ``keep_encoder_output`` when set (``reuse.EncoderOutputs``)."""
     global _SAMPLING_AWARE_WHISPER
     if _SAMPLING_AWARE_WHISPER is None:
         from whisperx.asr import WhisperModel
 
         class SamplingAwareWhisperModel(WhisperModel):
             sampled = False
+            keep_encoder_output = None  # a callable while wx-asr keeps them for the aligner
+
+            def encode(self, features):
+                out = super().encode(features)
+                if self.keep_encoder_output is not None:
+                    self.keep_encoder_output(out)
+                return out
 
             def generate_with_fallback(self, *args, **kwargs):
                 result = super().generate_with_fallback(*args, **kwargs)
@@ -178,6 +188,29 @@ def _sampling_aware_whisper_class():
     return _SAMPLING_AWARE_WHISPER
 
 
+_SHARED_SCORES_VAD = None
+
+
+def _shared_scores_vad_class():
+    """WhisperX's pyannote VAD, answering with ``ModelSet.vad_scores`` (one model, and one
+    scoring per recording, for the ``vad`` stage and WhisperX's chunking)."""
+    global _SHARED_SCORES_VAD
+    if _SHARED_SCORES_VAD is None:
+        from whisperx.vads.pyannote import Pyannote
+        from whisperx.vads.vad import Vad
+
+        class SharedScoresVad(Pyannote):
+            def __init__(self, models: "ModelSet", vad_onset: float):
+                Vad.__init__(self, vad_onset)  # Pyannote.__init__ would load a second model
+                self.models = models
+
+            def __call__(self, audio: dict, **kwargs):
+                return self.models.vad_scores(audio["waveform"])
+
+        _SHARED_SCORES_VAD = SharedScoresVad
+    return _SHARED_SCORES_VAD
+
+
 class ModelSet:
     """Loads each model on first use and keeps it for the life of the process."""
 
@@ -186,7 +219,19 @@ class ModelSet:
         self._cache: dict[str, Any] = {}
         self._resolved: dict[str, Any] = {}
         self._fw_threads: int | None = None
+        self.work: RecordingWork | None = None  # see recording()
         prepare_runtime(cfg.models_dir)  # NLTK data, pyannote telemetry off
+
+    @contextmanager
+    def recording(self, audio: np.ndarray):
+        """Run a recording's stages inside this block: what one stage computes on ``audio``
+        that another needs (VAD scores, Whisper encoder outputs) is computed once
+        (``corpus_tools.segment.reuse``)."""
+        self.work = RecordingWork(audio)
+        try:
+            yield self.work
+        finally:
+            self.work = None
 
     def _get(self, key: str, loader):
         if key not in self._cache:
@@ -248,6 +293,7 @@ class ModelSet:
         return self._target("vad")
 
     def vad_pipeline(self):
+        """pyannote's VAD pipeline (WhisperX's): waveform -> frame speech scores."""
         def load():
             import torch
             from whisperx.vads.pyannote import load_vad_model
@@ -256,15 +302,29 @@ class ModelSet:
 
         return self._get("vad", load)
 
+    def vad_scores(self, waveform):
+        """The VAD scores of ``waveform`` (numpy or a torch ``[1, T]`` view), computed once per
+        recording inside :meth:`recording`: the ``vad`` stage and WhisperX's chunking read
+        the same scores."""
+        import torch
+
+        work = self.work if self.work is not None and self.work.holds(waveform) else None
+        if work is not None and work.vad_scores is not None:
+            return work.vad_scores
+        if not torch.is_tensor(waveform):
+            waveform = torch.from_numpy(np.ascontiguousarray(waveform))
+        scores = self.vad_pipeline()({"waveform": waveform.reshape(1, -1), "sample_rate": SAMPLE_RATE})
+        if work is not None:
+            work.vad_scores = scores
+        return scores
+
     def whisperx_pipeline(self):
         def load():
-            import torch
             import whisperx
-            from whisperx.vads.pyannote import Pyannote
 
             c = self.cfg
             opts = {"chunk_size": 30, "vad_onset": 0.500, "vad_offset": 0.363}
-            vad = Pyannote(torch.device(c.resolved_device()), model_fp=self.vad_path(), **opts)
+            vad = _shared_scores_vad_class()(self, opts["vad_onset"])
             with library_prints("whisperx"):  # "vad_method is ignored": we pass the VAD model
                 return whisperx.load_model(
                     "unused-model-given", c.resolved_device(), compute_type=c.resolved_compute_type(),
@@ -292,10 +352,9 @@ class ModelSet:
 
 def run_vad(models: ModelSet, audio: np.ndarray) -> dict:
     """Speech regions from pyannote VAD (the `sad` baseline), binarised without a length cap."""
-    import torch
     from whisperx.vads.pyannote import Binarize
 
-    scores = models.vad_pipeline()({"waveform": torch.from_numpy(audio).unsqueeze(0), "sample_rate": SAMPLE_RATE})
+    scores = models.vad_scores(audio)
     ann = Binarize(onset=0.5, offset=0.363, min_duration_on=0.1, min_duration_off=0.1)(scores)
     return {"regions": [[round(s.start, 3), round(s.end, 3)] for s in ann.get_timeline()]}
 
@@ -361,8 +420,19 @@ def _whisper_segment(start, end, text: str, words: list[dict], with_words: bool)
 def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
     """WhisperX stage 1: VAD cut & merge toward 30 s, chunks transcribed in batches."""
     c = models.cfg
-    res = models.whisperx_pipeline().transcribe(audio, batch_size=c.batch_size, language=c.language)
+    pipeline = models.whisperx_pipeline()
+    # the Whisper aligner of wx-align reads the same chunks' encoder outputs
+    keep = EncoderOutputs() if models.work is not None and models.aligns_with_whisper() else None
+    pipeline.model.keep_encoder_output = keep.add if keep else None
+    try:
+        res = pipeline.transcribe(audio, batch_size=c.batch_size, language=c.language)
+    finally:
+        pipeline.model.keep_encoder_output = None
     segs = [{"start": float(s["start"]), "end": float(s["end"]), "text": s["text"].strip()} for s in res["segments"]]
+    # rows are the chunks in order (a prefix of them once the budget is spent)
+    if keep is not None and models.work.holds(audio) and (
+            len(keep.rows) == len(segs) or (keep.full and len(keep.rows) < len(segs))):
+        models.work.encodings = {(s["start"], s["end"]): row for s, row in zip(segs, keep.rows)}
     return {"segments": segs, "language": res.get("language", c.language)}
 
 
@@ -387,7 +457,9 @@ def run_wx_align(models: ModelSet, audio: np.ndarray, asr: dict) -> dict:
 
 def _align_with_whisper(models: ModelSet, audio: np.ndarray, chunks: list[dict], language: str) -> list[list[dict]]:
     c = models.cfg
-    words = wa.align_chunks(models.faster_whisper(), audio, chunks, language, batch_size=c.batch_size)
+    kept = models.work.encodings if models.work is not None and models.work.holds(audio) else {}
+    words = wa.align_chunks(models.faster_whisper(), audio, chunks, language, batch_size=c.batch_size,
+                            encoded=kept)
     splitter = wa.sentence_splitter(language)
     return [wa.split_sentences(chunk["text"].strip(), w, splitter) for chunk, w in zip(chunks, words)]
 

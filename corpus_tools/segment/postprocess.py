@@ -53,6 +53,7 @@ return new lists and never mutate their input.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,8 +165,20 @@ def collared(regions: Iterable, collar: float = SPEECH_COLLAR_S) -> list[tuple[f
     return [(a, b) for a, b in out]
 
 
-def _overlaps(start: float, end: float, speech: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [(max(start, a), min(end, b)) for a, b in speech if a < end and b > start]
+def _overlaps(start: float, end: float, speech: list[tuple[float, float]],
+              ends: list[float] | None = None) -> list[tuple[float, float]]:
+    """The parts of ``[start, end]`` inside ``speech``. With ``ends`` (the regions' ends, in
+    ascending order as :func:`collared` leaves them) the search starts at the first region that
+    ends after ``start`` and stops at the first that starts at ``end``: a recording's words
+    times its regions would make the speech check quadratic."""
+    if ends is None:
+        return [(max(start, a), min(end, b)) for a, b in speech if a < end and b > start]
+    out, i = [], bisect.bisect_right(ends, start)
+    while i < len(speech) and speech[i][0] < end:
+        a, b = speech[i]
+        out.append((max(start, a), min(end, b)))
+        i += 1
+    return out
 
 
 def keep_words_in_speech(segs: list[dict], regions: Iterable, *, collar: float = SPEECH_COLLAR_S,
@@ -176,6 +189,9 @@ def keep_words_in_speech(segs: list[dict], regions: Iterable, *, collar: float =
     ``regions``: the ``vad`` stage's ``[[start, end], ...]``; ``joiner`` joins the kept words'
     text ("" for languages written without spaces)."""
     speech = collared(regions, collar)
+    ends = [b for _, b in speech]
+    if not all(x <= y for x, y in zip(ends, ends[1:])):  # an inverted (or NaN) region: scan them all
+        ends = None
     keep, drop = [], []
     for s in segs:
         words = s.get("words") or []
@@ -186,7 +202,13 @@ def keep_words_in_speech(segs: list[dict], regions: Iterable, *, collar: float =
                 continue
             if kept:  # monotonic within the segment
                 start, end = max(start, kept[-1]["end"]), max(end, kept[-1]["end"])
-            inside = _overlaps(start, end, speech)
+            if ends is not None and end - start > _EPS and min_share <= 1.0:
+                i = bisect.bisect_right(ends, start)
+                if i < len(speech) and speech[i][0] <= start and end <= speech[i][1]:
+                    # the common case, wholly inside one region: kept as it is (what follows gives the same)
+                    kept.append({**w, "start": round(start, 3), "end": round(end, 3)})
+                    continue
+            inside = _overlaps(start, end, speech, ends)
             if end - start <= _EPS:
                 if any(a <= start <= b for a, b in speech):
                     kept.append({**w, "start": start, "end": start})

@@ -21,9 +21,11 @@ from corpus_tools.manifests import WorkDir
 from corpus_tools.parallel.parts import record_segment_part
 from corpus_tools.parallel.segment import process_recordings
 from corpus_tools.progress import progress_bar
+from corpus_tools.segment import assemble
 from corpus_tools.segment import postprocess as pp
 from corpus_tools.segment import runner
 from corpus_tools.segment.backends import ModelSet, SegmentConfig
+from corpus_tools.segment.prefetch import decode_ahead
 from corpus_tools.segment.standard_outputs import write_standard_outputs
 
 DEFAULT_METHODS = ("wx-diar-3s",)
@@ -121,7 +123,8 @@ def run_segment(args: SegmentArgs) -> SegmentResult:
                                          address=args.ray_address, stage_keys=keys)
             label = f"segment [{backend}]"
         else:
-            results = (runner.process_recording(rec, stages, cache, models) for rec in mine)
+            ahead = decode_ahead(mine, lambda r: bool(runner.missing_stages(r, stages, cache)))
+            results = (runner.process_recording(rec, stages, cache, models, audio) for rec, audio in ahead)
             label = "segment"
         result.model_seconds, result.failed = fill_caches(results, len(mine), label)
     if args.num_shards > 1:
@@ -131,10 +134,9 @@ def run_segment(args: SegmentArgs) -> SegmentResult:
         result.part = (args.shard_index, args.num_shards)
         return result
     for m in methods:
-        df, drops = runner.assemble(m, recs, cache, phrases, cfg.language)
-        drops["phrase_lists"] = [str(f) for f in phrase_files]
-        path = runner.write_method(wd, m, df, drops, cfg)
-        result.outputs.append(MethodOutput(m, df.height, drops["kept_seconds"], path))
+        out = assemble.write_method(wd, m, recs, cache, phrases, cfg, [str(f) for f in phrase_files],
+                                    workers=assemble.assembly_workers(args.workers, len(recs)))
+        result.outputs.append(MethodOutput(m, out.segments, out.drops["kept_seconds"], out.path))
     result.standard_outputs = write_standard_outputs(wd, recs, cache, stages)
     return result
 

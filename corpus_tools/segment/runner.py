@@ -23,7 +23,7 @@ aligner recomputes ``wx-align`` and ``wx-diar`` but not ``wx-asr``. Each folder'
 ``settings.json`` records the key with the models' names, sources and paths. A rerun (or a
 run after ``kill -9``) therefore recomputes only recordings in flight and stages whose model
 changed, and asking for ``wx-diar-3s`` after ``wx-diar`` costs no inference. Manifests are
-then assembled from the caches by pure functions and written atomically.
+then assembled from the caches by pure functions and written atomically (``segment.assemble``).
 """
 
 from __future__ import annotations
@@ -32,18 +32,18 @@ import hashlib
 import json
 import re
 import time
-from dataclasses import asdict
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+import numpy as np
 import polars as pl
 
 from corpus_tools.atomic import write_text
 from corpus_tools.audio import load_audio
-from corpus_tools.manifests import SEGMENTS_SCHEMA, WorkDir, read_recordings, write_segments
+from corpus_tools.manifests import WorkDir, read_recordings
 from corpus_tools.models import identity_key
 from corpus_tools.segment import backends as be
-from corpus_tools.segment import postprocess as pp
 from corpus_tools.segment.backends import SegmentConfig
 
 METHODS = ("seq", "sad", "w-raw", "w-pp-1s", "w-pp-3s", "wx-asr", "wx-align", "wx-diar",
@@ -59,9 +59,6 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
     "wx-diar-1s": ("vad", "wx-asr", "wx-align", "wx-diar"),
     "wx-diar-3s": ("vad", "wx-asr", "wx-align", "wx-diar"),
 }
-#: languages whose words are written without spaces (as whisperx.alignment has them)
-LANGUAGES_WITHOUT_SPACES = ("ja", "zh")
-SEQ_CHUNK_S = 30.0
 
 
 def parse_methods(spec: Iterable[str]) -> list[str]:
@@ -161,130 +158,57 @@ def safe_id(rid: str) -> str:
     return safe
 
 
-def process_recording(rec: dict, stages: list[str], cache: StageCache, models) -> dict:
+def missing_stages(rec: dict, stages: list[str], cache: StageCache) -> list[str]:
+    """The stages of ``rec`` still to compute (none for a recording whose decode failed)."""
+    rid = rec["recording_id"]
+    if cache.get("error", rid) is not None:
+        return []
+    return [s for s in stages if cache.get(s, rid) is None]
+
+
+def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
+                      audio: Callable[[], np.ndarray] | None = None) -> dict:
     """Compute the missing stages for one recording; returns ``{"recording_id", "duration",
-    "seconds": model seconds, "computed": [stages], "error": reason (if it failed)}``."""
+    "seconds": model seconds, "computed": [stages], "error": reason (if it failed)}``.
+    ``audio``: returns the decoded recording (``prefetch.decode_ahead`` decodes it while the
+    previous recording is in the models); default: decode it here."""
     rid = rec["recording_id"]
     res = {"recording_id": rid, "duration": rec["duration"], "seconds": 0.0, "computed": []}
-    missing = [s for s in stages if cache.get(s, rid) is None]
     if cache.get("error", rid) is not None:
         return {**res, "error": cache.get("error", rid)["reason"]}
+    missing = missing_stages(rec, stages, cache)
     if not missing:
         return res
     t0 = time.perf_counter()
     try:
-        audio = load_audio(rec["path"])
+        samples = audio() if audio is not None else load_audio(rec["path"])
     except Exception as exc:
         cache.put("error", rid, {"reason": f"decode failed: {exc}"})
         return {**res, "error": str(exc)}
-    if len(audio) == 0:  # e.g. a header-only file ingested with --no-verify-decode
+    if len(samples) == 0:  # e.g. a header-only file ingested with --no-verify-decode
         cache.put("error", rid, {"reason": "decode failed: no audio samples"})
         return {**res, "error": "no audio samples"}
     done: list[str] = []
-    for stage in missing:
-        if stage == "vad":
-            out = be.run_vad(models, audio)
-        elif stage == "whisper":
-            out = be.run_whisper(models, audio)
-        elif stage == "wx-asr":
-            out = be.run_wx_asr(models, audio)
-        elif stage == "wx-align":
-            out = be.run_wx_align(models, audio, cache.get("wx-asr", rid))
-        elif stage == "wx-diar":
-            out = be.run_wx_diar(models, audio, cache.get("wx-align", rid))
-        else:
-            raise KeyError(stage)
-        cache.put(stage, rid, out)
-        done.append(stage)
+    with models.recording(samples) if models is not None else nullcontext():
+        for stage in missing:
+            cache.put(stage, rid, run_stage(stage, models, samples, cache, rid))
+            done.append(stage)
     return {**res, "seconds": time.perf_counter() - t0, "computed": done}
 
 
-# -- assembling methods from caches (pure) ----------------------------------------------
-
-
-def method_segments(method: str, rec: dict, cache: StageCache, phrases: set[str],
-                    log: pp.DropLog, language: str = "nl") -> list[dict]:
-    """The segments of one recording for one method, from cached stage outputs."""
-    rid, dur = rec["recording_id"], float(rec["duration"])
-    if method == "seq":
-        n = int(dur // SEQ_CHUNK_S + 1e-9)
-        segs = [{"start": i * SEQ_CHUNK_S, "end": (i + 1) * SEQ_CHUNK_S, "text": ""} for i in range(n)]
-        log.add("seq-tail", [{"start": n * SEQ_CHUNK_S, "end": dur}] if dur > n * SEQ_CHUNK_S else [])
-        return segs
-    if method == "sad":
-        regions = cache.get("vad", rid)["regions"]
-        return pp.sanitise(pp.split_long([{"start": s, "end": e, "text": ""} for s, e in regions]), dur)
-    if method.startswith("w-"):
-        raw = cache.get("whisper", rid)["segments"]
-        if method == "w-raw":
-            return pp.sanitise(raw, dur)
-        if any("words" in s for s in raw):  # not with --no-word-timestamps: no words to check
-            raw = _words_in_speech(raw, cache, rid, language, log)
-        return pp.postprocess(raw, merge="punctuation", min_len=_threshold(method), phrases=phrases,
-                              file_duration=dur, log=log)
-    if method == "wx-asr":
-        return pp.sanitise(cache.get("wx-asr", rid)["segments"], dur)
-    stage = "wx-align" if method == "wx-align" else "wx-diar"
-    out = cache.get(stage, rid)
-    segs = _words_in_speech(out["segments"], cache, rid, language, log)
+def run_stage(stage: str, models, audio: np.ndarray, cache: StageCache, rid: str) -> dict:
+    """One stage's output for one recording (the stage it builds on is in the cache)."""
+    if stage == "vad":
+        return be.run_vad(models, audio)
+    if stage == "whisper":
+        return be.run_whisper(models, audio)
+    if stage == "wx-asr":
+        return be.run_wx_asr(models, audio)
+    if stage == "wx-align":
+        return be.run_wx_align(models, audio, cache.get("wx-asr", rid))
     if stage == "wx-diar":
-        turns = out.get("turns") or []
-        before = {(s["start"], s["end"]) for s in out["segments"]}
-        # a segment that lost words: the speaker of what is left (WhisperX's rule, on the new span)
-        segs = [s if (s["start"], s["end"]) in before or not turns
-                else {**s, "speaker": pp.dominant_speaker(s["start"], s["end"], turns)} for s in segs]
-        segs = [{**s, "speaker": f"{rid}:{s['speaker']}" if s.get("speaker") else None} for s in segs]
-    if method in ("wx-diar-1s", "wx-diar-3s"):
-        return pp.postprocess(segs, merge="speaker", min_len=_threshold(method), phrases=phrases,
-                              file_duration=dur, log=log)
-    return pp.sanitise(segs, dur)
-
-
-def _words_in_speech(segs: list[dict], cache: StageCache, rid: str, language: str, log: pp.DropLog) -> list[dict]:
-    return pp.keep_words_in_speech(segs, cache.get("vad", rid)["regions"], log=log,
-                                   joiner="" if language in LANGUAGES_WITHOUT_SPACES else " ")
-
-
-def _threshold(method: str) -> float:
-    return float(method.rsplit("-", 1)[1].rstrip("s"))
-
-
-def segment_id(rid: str, start: float, end: float) -> str:
-    # no dots: WebDataset splits member names at the first dot of the basename
-    return f"{safe_id(rid)}_{int(round(start * 1000)):09d}_{int(round(end * 1000)):09d}"
-
-
-def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str],
-             language: str) -> tuple[pl.DataFrame, dict]:
-    log = pp.DropLog()
-    rows = []
-    failed_s, covered_s = 0.0, 0.0
-    for rec in recs:
-        rid = rec["recording_id"]
-        err = cache.get("error", rid)
-        if err is not None or any(cache.get(s, rid) is None for s in METHOD_STAGES[method]):
-            failed_s += float(rec["duration"] or 0.0)
-            continue
-        segs = method_segments(method, rec, cache, phrases, log, language)
-        for s in segs:
-            covered_s += s["end"] - s["start"]
-            rows.append({
-                "segment_id": segment_id(rid, s["start"], s["end"]), "recording_id": rid,
-                "path": rec["path"], "start": round(s["start"], 3), "end": round(s["end"], 3),
-                "duration": round(s["end"], 3) - round(s["start"], 3), "text": s.get("text") or "",
-                "speaker": s.get("speaker"), "method": method, "language": language, "session": rid,
-            })
-    df = pl.DataFrame(rows, schema=SEGMENTS_SCHEMA) if rows else pl.DataFrame(schema=SEGMENTS_SCHEMA)
-    total = sum(float(r["duration"] or 0.0) for r in recs)
-    drops = {"total_seconds": total, "kept_seconds": float(df["duration"].sum()) if df.height else 0.0,
-             "failed_seconds": failed_s, "rules_seconds": log.seconds, "rules_counts": log.counts,
-             "models": method_models(method, cache)}
-    return df, drops
-
-
-def method_models(method: str, cache: StageCache) -> dict[str, dict]:
-    """The identities of every model a method's segments depend on, by kind."""
-    return {kind: ident for stage in METHOD_STAGES[method] for kind, ident in cache.key(stage)["models"].items()}
+        return be.run_wx_diar(models, audio, cache.get("wx-align", rid))
+    raise KeyError(stage)
 
 
 # -- reading recordings, writing manifests ---------------------------------------------
@@ -294,9 +218,3 @@ def ok_recordings(wd: WorkDir) -> list[dict]:
     df = read_recordings(wd.recordings)
     return df.filter(pl.col("status") == "ok").sort("recording_id").to_dicts()
 
-
-def write_method(wd: WorkDir, method: str, df: pl.DataFrame, drops: dict, cfg: SegmentConfig) -> Path:
-    path = write_segments(df, wd.segments(method))
-    write_text(wd.segments_dir / f"{method}.drops.json",
-               json.dumps({**drops, "method": method, "settings": asdict(cfg)}, indent=1))
-    return path

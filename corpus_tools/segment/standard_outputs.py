@@ -23,7 +23,8 @@ from pathlib import Path
 from corpus_tools.atomic import write_text
 from corpus_tools.manifests import WorkDir
 from corpus_tools.segment import postprocess as pp
-from corpus_tools.segment.runner import method_segments, safe_id
+from corpus_tools.segment.assemble import method_segments
+from corpus_tools.segment.runner import safe_id
 
 
 def rttm_path(wd: WorkDir, rid: str) -> Path:

@@ -29,6 +29,7 @@ from typing import Iterable
 import numpy as np
 
 from corpus_tools.audio import SAMPLE_RATE
+from corpus_tools.segment.reuse import torch_to_storage
 
 HOP = 160                 # Whisper's mel hop: 100 frames per second
 N_FRAMES = 3000           # one 30 s window
@@ -63,13 +64,21 @@ def chunk_features(audio: np.ndarray, start: float, end: float, n_mels: int) -> 
     piece = audio[int(start * SAMPLE_RATE): int(end * SAMPLE_RATE)][:N_SAMPLES]
     feats = log_mel_spectrogram(np.ascontiguousarray(piece, dtype=np.float32), n_mels=n_mels,
                                 padding=N_SAMPLES - len(piece))
-    return feats.numpy()[:, :N_FRAMES], max(1, min(N_FRAMES, len(piece) // HOP))
+    return feats.numpy()[:, :N_FRAMES], chunk_frames(audio, start, end)
+
+
+def chunk_frames(audio: np.ndarray, start: float, end: float) -> int:
+    """The chunk's unpadded mel frame count (at most one 30 s window)."""
+    n = len(range(len(audio))[int(start * SAMPLE_RATE): int(end * SAMPLE_RATE)])
+    return max(1, min(N_FRAMES, n // HOP))
 
 
 def align_chunks(model, audio: np.ndarray, chunks: Iterable[dict], language: str,
-                 batch_size: int = 8) -> list[list[dict]]:
+                 batch_size: int = 8, encoded: dict | None = None) -> list[list[dict]]:
     """Per chunk (``{"start", "end", "text"}``), its words ``{"word", "start", "end", "score"}``
-    in seconds of the recording. ``model``: a ``faster_whisper.WhisperModel``."""
+    in seconds of the recording. ``model``: a ``faster_whisper.WhisperModel``. ``encoded``:
+    ``(start, end) -> encoder output row`` of chunks the ASR already encoded
+    (``reuse.EncoderOutputs``); a batch whose rows are all there is not encoded again."""
     from faster_whisper.tokenizer import Tokenizer
     from faster_whisper.transcribe import merge_punctuations
 
@@ -81,12 +90,16 @@ def align_chunks(model, audio: np.ndarray, chunks: Iterable[dict], language: str
     todo = [i for i, c in enumerate(chunks) if (c.get("text") or "").strip() and c["end"] > c["start"]]
     for b in range(0, len(todo), max(1, batch_size)):
         batch = todo[b: b + max(1, batch_size)]
-        feats, frames = zip(*(chunk_features(audio, chunks[i]["start"], chunks[i]["end"], n_mels) for i in batch))
-        encoded = model.encode(np.stack(feats))
+        frames = [chunk_frames(audio, chunks[i]["start"], chunks[i]["end"]) for i in batch]
+        spans = [(chunks[i]["start"], chunks[i]["end"]) for i in batch]
+        if encoded and all(span in encoded for span in spans):
+            encoder_output, _keep_alive = torch_to_storage([encoded[span] for span in spans])
+        else:
+            encoder_output = model.encode(np.stack([chunk_features(audio, *span, n_mels)[0] for span in spans]))
         # the decoder holds 448 positions: start sequence, text, end of text
         limit = MAX_POSITIONS - len(tokenizer.sot_sequence) - 1
         tokens = [tokenizer.encode(" " + chunks[i]["text"].strip())[:limit] for i in batch]
-        for i, alignment in zip(batch, model.find_alignment(tokenizer, tokens, encoded, list(frames))):
+        for i, alignment in zip(batch, model.find_alignment(tokenizer, tokens, encoder_output, frames)):
             max_duration = truncate_long_words(alignment)
             merge_punctuations(alignment, prepend, append)
             timed = [w for w in alignment if w["word"]]

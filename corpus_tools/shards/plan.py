@@ -3,6 +3,12 @@
 Deterministic and cheap (nothing is decoded): the plan depends only on the manifest rows, the
 options and the seed, and its fingerprint (:func:`plan_fingerprint`) covers everything that
 decides the shards' bytes.
+
+The plan is compact, for corpora of millions of segments: the manifest's columns, each row's
+key and frame count, and arrays of row numbers (the order, the shard boundaries) are all it
+holds; a shard's item dicts and json are made when its ``items`` are read (the writer reads
+them shard by shard). Sorting, keys and frame counts are vectorised (polars, numpy) and give
+what the earlier dict-per-item planner gave (``tests/test_shard_plan.py``).
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import logging
 import math
 import re
 import tarfile
-from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -29,18 +34,89 @@ STRATEGIES = ("length_sorted", "random")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_\-]")  # WebDataset keys end at the first dot
 
 
-@dataclass
 class ShardSpec:
-    """One planned shard: its name and the utterances it holds (sorted by key)."""
+    """One planned shard: its name and the utterances it holds (sorted by key).
 
-    index: int
-    name: str
-    partial: bool
-    items: list[dict] = field(default_factory=list)  # {key, path, start, num_frames, meta}
+    ``items`` are ``{key, path, start, num_frames, meta}`` dicts. A spec made by
+    :func:`plan_shards` keeps its rows in the plan's compact table (:class:`PlanRows`, shared
+    by every spec of the plan) and makes the dicts when ``items`` is first read; a pass over
+    the whole plan that should not keep them (the fingerprint) reads :meth:`iter_items`.
+    """
+
+    def __init__(self, index: int, name: str, partial: bool, items: list[dict] | None = None, *,
+                 rows: "PlanRows | None" = None, span: tuple[int, int] = (0, 0)):
+        self.index, self.name, self.partial = index, name, partial
+        self._items = items if items is not None or rows is not None else []
+        self._rows, self._span = rows, span
+
+    @property
+    def items(self) -> list[dict]:
+        if self._items is None:
+            self._items = list(self.iter_items())
+        return self._items
+
+    def iter_items(self):
+        """The items, made one at a time when they are not kept already."""
+        if self._items is not None:
+            yield from self._items
+        else:
+            yield from self._rows.items(*self._span)
+
+    @property
+    def count(self) -> int:
+        """How many utterances (without making the items)."""
+        return len(self._items) if self._items is not None else self._span[1] - self._span[0]
 
     @property
     def seconds(self) -> float:
-        return float(sum(it["meta"]["duration"] for it in self.items))
+        if self._items is not None:
+            return float(sum(it["meta"]["duration"] for it in self._items))
+        return float(sum(self._rows.durations(*self._span)))  # the same floats, added in the same order
+
+    def __getstate__(self) -> dict:
+        # a worker process gets its own rows, not the whole plan's table
+        rows = self._rows.subset(*self._span) if self._items is None else None
+        return {"index": self.index, "name": self.name, "partial": self.partial, "_items": self._items,
+                "_rows": rows, "_span": (0, rows.count) if rows is not None else (0, 0)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, ShardSpec) and (self.index, self.name, self.partial) ==
+                (other.index, other.name, other.partial) and self.items == other.items)
+
+    def __repr__(self) -> str:
+        return f"ShardSpec(index={self.index}, name={self.name!r}, partial={self.partial}, count={self.count})"
+
+
+class PlanRows:
+    """The rows of a plan, compact: the manifest's table (Arrow columns) with each row's key
+    and frame count, and the plan's order of its rows. Items are made from it on demand."""
+
+    KEY, FRAMES = "__plan_key", "__plan_frames"
+
+    def __init__(self, table: pl.DataFrame, order: np.ndarray, extra: list[str]):
+        self.table, self.order, self.extra = table, order, extra
+
+    @property
+    def count(self) -> int:
+        return len(self.order)
+
+    def durations(self, start: int, stop: int) -> list[float]:
+        return self.table["duration"].gather(self.order[start:stop]).to_list()
+
+    def subset(self, start: int, stop: int) -> "PlanRows":
+        return PlanRows(self.table[self.order[start:stop]], np.arange(stop - start), self.extra)
+
+    def items(self, start: int, stop: int, chunk: int = 1000):
+        """The items of rows ``start:stop`` of the order, made ``chunk`` rows at a time."""
+        for lo in range(start, stop, chunk):
+            for r in self.table[self.order[lo:min(stop, lo + chunk)]].iter_rows(named=True):
+                key, n = r[self.KEY], r[self.FRAMES]
+                duration = float(r["duration"])
+                yield {"key": key, "path": r["path"], "start": float(r["start"]), "num_frames": n,
+                       "meta": _sample_json(r, key, n, duration, self.extra)}
 
 
 def shard_name(prefix: str, index: int, partial: bool) -> str:
@@ -63,6 +139,17 @@ def safe_keys(segment_ids: list[str]) -> list[str]:
         seen.setdefault(k, 0)
         out.append(k)
     return out
+
+
+def _key_series(segment_ids: pl.Series, by_id: np.ndarray) -> pl.Series:
+    """:func:`safe_keys` of a column (``by_id``: its rows in segment id order): one regex
+    pass, and the exact loop only when two ids give the same key (then the ``_N`` suffixes
+    follow the id order)."""
+    base = segment_ids.str.replace_all(_KEY_UNSAFE.pattern, "_").replace("", "_")
+    if base.is_unique().all():
+        return base
+    exact = pl.Series(safe_keys(segment_ids.gather(by_id).to_list()), dtype=pl.String)
+    return exact.gather(np.argsort(by_id))
 
 
 def _clean(v):
@@ -124,6 +211,12 @@ def _estimate_bytes(meta: dict, num_frames: int) -> int:
 
 def prepare_segments(segments: pl.DataFrame) -> pl.DataFrame:
     """Validate a segments manifest and order it by segment id (input order never matters)."""
+    return _checked_segments(segments).sort("segment_id")
+
+
+def _checked_segments(segments: pl.DataFrame) -> pl.DataFrame:
+    """:func:`prepare_segments` in the input's order (the plan orders row numbers instead of
+    copying the table)."""
     df = validate(segments, SEGMENTS_SCHEMA, "segments")
     if df.height and df["segment_id"].null_count():
         raise ManifestError("segments manifest has rows without segment_id")
@@ -135,9 +228,7 @@ def prepare_segments(segments: pl.DataFrame) -> pl.DataFrame:
     if missing.height:
         raise ManifestError(f"{missing.height} segments lack path/start/end, e.g. "
                             f"{missing['segment_id'][0]}")
-    return (df.with_columns(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start"))
-                            .alias("duration"))
-            .sort("segment_id"))
+    return df.with_columns(pl.coalesce(pl.col("duration"), pl.col("end") - pl.col("start")).alias("duration"))
 
 
 def plan_shards(segments: pl.DataFrame, *, samples_per_shard: int = 5000,
@@ -157,45 +248,68 @@ def plan_shards(segments: pl.DataFrame, *, samples_per_shard: int = 5000,
         raise ValueError(f"unknown strategy {strategy!r}: use one of {', '.join(STRATEGIES)}")
     if samples_per_shard < 1:
         raise ValueError("samples_per_shard must be at least 1")
-    df, _ = select_segments(prepare_segments(segments), split)
+    df, _ = select_segments(_checked_segments(segments), split)
     extra = [c for c in df.columns if c not in SEGMENTS_SCHEMA]
-    rows = df.to_dicts()
-    keys = safe_keys([r["segment_id"] for r in rows])
-    items = []
-    for r, key in zip(rows, keys):
-        duration = float(r["duration"])
-        n = int(round(duration * SAMPLE_RATE))
-        if n <= 0:
-            log.warning("skipping empty segment %s", r["segment_id"])
-            continue
-        items.append({"key": key, "path": r["path"], "start": float(r["start"]),
-                      "num_frames": n, "meta": _sample_json(r, key, n, duration, extra)})
-    if strategy == "length_sorted":
-        items.sort(key=lambda it: (it["num_frames"], it["key"]))
+    by_id = df["segment_id"].arg_sort().to_numpy()  # the rows in segment id order: no copy of them
+    frames = _frame_counts(df)
+    table = df.with_columns(_key_series(df["segment_id"], by_id).alias(PlanRows.KEY),
+                            pl.Series(PlanRows.FRAMES, frames, dtype=pl.Int64))
+    key_rank = table[PlanRows.KEY].rank("ordinal").to_numpy()  # keys are unique: their order, as numbers
+    for i in by_id[frames[by_id] <= 0]:
+        log.warning("skipping empty segment %s", df["segment_id"][int(i)])
+    kept = by_id[frames[by_id] > 0]
+    if strategy == "length_sorted":  # by length, ties by key (keys are unique)
+        order = kept[np.lexsort((key_rank[kept], frames[kept]))]
     else:
-        perm = np.random.default_rng(seed).permutation(len(items))
-        items = [items[i] for i in perm]
+        order = kept[np.random.default_rng(seed).permutation(len(kept))]
+    rows = PlanRows(table, order, extra)
+    bounds = _shard_bounds(rows, samples_per_shard, max_shard_bytes)
+    rows.order = _key_order_within(rows.order, bounds, key_rank)
+    specs = []
+    for i, (lo, hi) in enumerate(bounds):
+        partial = i == len(bounds) - 1 and hi - lo < samples_per_shard
+        specs.append(ShardSpec(i, shard_name(prefix, i, partial), partial, rows=rows, span=(lo, hi)))
+    return specs
 
-    groups: list[list[dict]] = []
-    cur: list[dict] = []
+
+def _frame_counts(df: pl.DataFrame) -> np.ndarray:
+    """``int(round(duration * SAMPLE_RATE))`` of every row (numpy rounds half to even, as
+    Python's ``round`` does), with Python's errors for NaN and infinite durations."""
+    x = df["duration"].cast(pl.Float64).to_numpy() * SAMPLE_RATE
+    if np.isnan(x).any():
+        raise ValueError("cannot convert float NaN to integer")
+    if np.isinf(x).any():
+        raise OverflowError("cannot convert float infinity to integer")
+    return np.rint(x).astype(np.int64)
+
+
+def _shard_bounds(rows: PlanRows, samples_per_shard: int, max_shard_bytes: int | None) -> list[tuple[int, int]]:
+    """Cut the plan's order into shards: ``(start, stop)`` of each. A shard closes at
+    ``samples_per_shard`` utterances or before its estimated bytes pass ``max_shard_bytes``."""
+    n = rows.count
+    if not max_shard_bytes:
+        return [(lo, min(n, lo + samples_per_shard)) for lo in range(0, n, samples_per_shard)]
+    bounds, lo, count = [], 0, 0
     end_bytes = tarfile.RECORDSIZE  # end-of-archive blocks + padding to a whole record, at most
     cur_bytes = end_bytes
-    for it in items:
-        size = _estimate_bytes(it["meta"], it["num_frames"]) if max_shard_bytes else 0
-        if cur and (len(cur) >= samples_per_shard
-                    or (max_shard_bytes and cur_bytes + size > max_shard_bytes)):
-            groups.append(cur)
-            cur, cur_bytes = [], end_bytes
-        cur.append(it)
+    for i, it in enumerate(rows.items(0, n)):  # the json's length decides: made, measured, dropped
+        size = _estimate_bytes(it["meta"], it["num_frames"])
+        if count and (count >= samples_per_shard or cur_bytes + size > max_shard_bytes):
+            bounds.append((lo, i))
+            lo, count, cur_bytes = i, 0, end_bytes
+        count += 1
         cur_bytes += size
-    if cur:
-        groups.append(cur)
-    specs = []
-    for i, g in enumerate(groups):
-        partial = i == len(groups) - 1 and len(g) < samples_per_shard
-        g.sort(key=lambda it: it["key"])
-        specs.append(ShardSpec(i, shard_name(prefix, i, partial), partial, g))
-    return specs
+    if count:
+        bounds.append((lo, n))
+    return bounds
+
+
+def _key_order_within(order: np.ndarray, bounds: list[tuple[int, int]], key_rank: np.ndarray) -> np.ndarray:
+    """The plan's order with each shard's rows sorted by key (a shard's member order)."""
+    shard = np.zeros(len(order), dtype=np.int64)
+    for i, (lo, hi) in enumerate(bounds):
+        shard[lo:hi] = i
+    return order[np.lexsort((key_rank[order], shard))]
 
 
 def plan_fingerprint(specs: list[ShardSpec], fmt: str) -> str:
@@ -203,7 +317,7 @@ def plan_fingerprint(specs: list[ShardSpec], fmt: str) -> str:
     h = hashlib.sha256(f"v1|{fmt}|{SAMPLE_RATE}\n".encode())
     for s in specs:
         h.update(f"#{s.name}\n".encode())
-        for it in s.items:
+        for it in s.iter_items():  # made and dropped: the plan stays compact
             h.update(f"{it['path']}|{it['start']!r}|{it['num_frames']}|".encode())
             h.update(json_bytes(it["meta"]))
             h.update(b"\n")
@@ -217,5 +331,5 @@ def legacy_fingerprint(specs: list[ShardSpec], fmt: str) -> str:
         return {**meta, "transcription": meta.get("transcript", "")}
 
     return plan_fingerprint([ShardSpec(s.index, s.name, s.partial,
-                                       [{**it, "meta": old(it["meta"])} for it in s.items])
+                                       [{**it, "meta": old(it["meta"])} for it in s.iter_items()])
                              for s in specs], fmt)

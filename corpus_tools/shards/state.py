@@ -158,7 +158,7 @@ def distribution_frame(specs: list[ShardSpec]) -> pl.DataFrame:
     return pl.DataFrame(
         [{"key": it["key"], "segment_id": it["meta"]["id"], "shard_idx": s.index,
           "partial_shard": s.partial, "shard": s.name, "num_frames": it["num_frames"]}
-         for s in specs for it in s.items],
+         for s in specs for it in s.iter_items()],
         schema={"key": pl.String, "segment_id": pl.String, "shard_idx": pl.Int64,
                 "partial_shard": pl.Boolean, "shard": pl.String, "num_frames": pl.Int64})
 

@@ -1,8 +1,12 @@
 """Writing one tar shard: fixed tar metadata, ``{key}.json`` then ``{key}.wav|flac`` per
-utterance in key order, written atomically under a temporary name that no shard glob finds."""
+utterance in key order, written atomically under a temporary name that no shard glob finds.
+
+:class:`ShardTarWriter` writes a shard member by member (several can be open at once);
+:func:`write_one_shard` writes one from an iterable of items through it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -76,6 +80,85 @@ def _audio_ext(data: bytes) -> str:
     raise ValueError("audio bytes are neither WAV (RIFF) nor FLAC")
 
 
+class ShardTarWriter:
+    """One tar shard written member by member, atomically: :meth:`add` utterances in key
+    order, then :meth:`close` (fsync and rename; returns the shard's stats) or :meth:`abort`.
+
+    Members are ``{key}.json`` then ``{key}.wav``/``.flac`` (from the audio's magic bytes).
+    Keys must not contain dots (WebDataset splits the key at the first dot) and must
+    increase. The shard is written to ``temp_path(path)`` (``.shard.000001.tmp``: no ``.tar``
+    in it, so no shard glob finds a half-written file); until :meth:`close` the final name
+    is untouched. Used as a context manager, an exception aborts and a normal exit closes.
+    Each writer holds one open file, so a process can fill many shards at once (the shard
+    writer fills a group of shards from one decode of each recording).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._files = contextlib.ExitStack()
+        raw = self._files.enter_context(atomic_open(self.path, tmp=temp_path(self.path)))
+        self._out = _HashingFile(raw)
+        self._tar = tarfile.open(fileobj=self._out, mode="w", format=tarfile.PAX_FORMAT)
+        self._last: str | None = None
+        self._count = self._frames = 0
+        self._seconds = 0.0
+        self._min_d, self._max_d = float("inf"), float("-inf")
+        self._open = True
+        self.stats: dict | None = None  # set by close()
+
+    def add(self, key: str, audio: bytes, meta: dict) -> None:
+        """Append one utterance: its json member, then its audio member."""
+        if "." in key.rsplit("/", 1)[-1]:
+            raise ValueError(f"shard key {key!r} contains a dot")
+        if self._last is not None and key <= self._last:
+            raise ValueError(f"shard items not sorted/unique by key at {key!r}")
+        self._last = key
+        jb = json_bytes(meta)
+        self._tar.addfile(_tarinfo(f"{key}.json", len(jb)), io.BytesIO(jb))
+        self._tar.addfile(_tarinfo(f"{key}.{_audio_ext(audio)}", len(audio)), io.BytesIO(audio))
+        n = int(meta.get("num_frames") or 0)
+        d = float(meta.get("duration", n / SAMPLE_RATE))
+        self._count += 1
+        self._frames += n
+        self._seconds += d
+        self._min_d, self._max_d = min(self._min_d, d), max(self._max_d, d)
+
+    def close(self) -> dict:
+        """Finish the tar (end-of-archive blocks), fsync it and rename it to its final name.
+        Returns ``{name, count, bytes, sha256, num_frames, min_duration, max_duration,
+        seconds}`` (also kept as ``stats``); a second call returns the same."""
+        if self._open:
+            try:
+                self._tar.close()  # the end-of-archive blocks; the file itself stays open
+            except BaseException:
+                self.abort()
+                raise
+            self._open = False
+            self._files.close()  # fsync + rename; on failure atomic_open removes the temp file
+            self.stats = {"name": self.path.name, "count": self._count, "bytes": self._out.size,
+                          "sha256": self._out.sha.hexdigest(), "num_frames": self._frames,
+                          "seconds": self._seconds,
+                          "min_duration": self._min_d if self._count else 0.0,
+                          "max_duration": self._max_d if self._count else 0.0}
+        return self.stats
+
+    def abort(self) -> None:
+        """Drop the temporary file; the final name keeps whatever it held before."""
+        if self._open:
+            self._open = False
+            err = RuntimeError(f"writing {self.path.name} aborted")
+            self._files.__exit__(type(err), err, None)  # atomic_open removes the temp file
+
+    def __enter__(self) -> "ShardTarWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_one_shard(path: str | os.PathLike, items: Iterable[tuple[str, bytes, dict]], *,
                     presorted: bool = False) -> dict:
     """Write one tar shard atomically from ``(key, audio_bytes, json_dict)`` items.
@@ -85,34 +168,12 @@ def write_one_shard(path: str | os.PathLike, items: Iterable[tuple[str, bytes, d
     streams them (constant memory) and raises if they are out of order. Keys must not
     contain dots (WebDataset splits the key at the first dot). The shard is written to
     ``temp_path(path)`` (``.shard.000001.tmp``: no ``.tar`` in it, so no shard glob finds a
-    half-written file), fsynced and renamed. Returns ``{name, count, bytes, sha256,
-    num_frames, min_duration, max_duration, seconds}``.
+    half-written file), fsynced and renamed (:class:`ShardTarWriter`). Returns ``{name,
+    count, bytes, sha256, num_frames, min_duration, max_duration, seconds}``.
     """
-    path = Path(path)
     if not presorted:
         items = sorted(items, key=lambda t: t[0])
-    count = frames = 0
-    seconds = 0.0
-    durs: list[float] = []
-    last = None
-    with atomic_open(path, tmp=temp_path(path)) as raw:
-        out = _HashingFile(raw)
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for key, audio, meta in items:
-                if "." in key.rsplit("/", 1)[-1]:
-                    raise ValueError(f"shard key {key!r} contains a dot")
-                if last is not None and key <= last:
-                    raise ValueError(f"shard items not sorted/unique by key at {key!r}")
-                last = key
-                jb = json_bytes(meta)
-                tf.addfile(_tarinfo(f"{key}.json", len(jb)), io.BytesIO(jb))
-                tf.addfile(_tarinfo(f"{key}.{_audio_ext(audio)}", len(audio)), io.BytesIO(audio))
-                count += 1
-                n = int(meta.get("num_frames") or 0)
-                frames += n
-                d = float(meta.get("duration", n / SAMPLE_RATE))
-                seconds += d
-                durs.append(d)
-    return {"name": path.name, "count": count, "bytes": out.size, "sha256": out.sha.hexdigest(),
-            "num_frames": frames, "seconds": seconds,
-            "min_duration": min(durs) if durs else 0.0, "max_duration": max(durs) if durs else 0.0}
+    with ShardTarWriter(path) as shard:
+        for key, audio, meta in items:
+            shard.add(key, audio, meta)
+    return shard.stats
