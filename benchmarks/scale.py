@@ -12,8 +12,8 @@ after start-up: worker processes/actors spawning, model loading, decoding, VAD, 
 (Ray's own ``ray.init`` is timed separately and left out). The single local process is the
 baseline every ratio refers to, measured in the same run.
 
-``shard`` — ``corpus shard`` of the resulting ``sad`` manifest (the mp3/mp4 recordings decode
-through ffmpeg per segment): local ``write_shards`` with 1 and 2 processes vs Ray tasks.
+``shard`` — ``corpus shard`` of the resulting ``sad`` manifest (the mp3/mp4 recordings are decoded
+once each and every segment is cut from that decode): local ``write_shards`` with 1 and 2 processes vs Ray tasks.
 
 Throughput is audio seconds per wall-clock second (× real time). The machine is shared, so
 wall-clock numbers move with other load; the ratios come from back-to-back runs.

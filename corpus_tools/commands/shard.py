@@ -56,8 +56,10 @@ def shard(
         "since nanow2v2 decodes .wav members only."))] = "wav",
     seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
     prefix: Annotated[str, typer.Option(help="Shard names are PREFIX.000000.tar, ... (.partial.tar for the last).")] = "shard",
-    workers: Annotated[int, typer.Option(min=1, help="Shards written in parallel (processes; Ray tasks "
-                                         "with --backend ray, where 1 means one per cluster CPU).")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Processes that decode and encode in parallel (shards "
+                                         "sharing compressed recordings are written together, each recording "
+                                         "decoded once); Ray tasks with --backend ray, where 1 means one per "
+                                         "cluster CPU.")] = 1,
     backend: Annotated[str, typer.Option(help="local | ray: write the shards as Ray tasks (same bytes).")] = "local",
     ray_address: Annotated[Optional[str], typer.Option(help="Ray cluster address for --backend ray.")] = None,
     num_shards: Annotated[int, typer.Option(
