@@ -540,4 +540,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as exc:  # an unknown --config or --shards folder: say so in one line
+        raise SystemExit(f"error: {exc}") from None

@@ -241,6 +241,10 @@ def main() -> None:
     ap.add_argument("--no-cold", dest="cold", action="store_false", help="skip the whole-process comparison")
     ap.add_argument("--with-all", action="store_true", help="also time --method all vs one ASR pass")
     args = ap.parse_args()
+    if args.audio is not None and not args.audio.is_file():
+        ap.error(f"--audio {args.audio}: no such file")
+    if args.models_dir is not None and not args.models_dir.is_dir():
+        ap.error(f"--models-dir {args.models_dir}: no such folder (corpus models prepare-offline --models-dir DIR)")
 
     import soundfile as sf
 

@@ -292,6 +292,10 @@ class ModelSet:
     def vad_path(self) -> str:
         return self._target("vad")
 
+    def work_for(self, audio) -> RecordingWork | None:
+        """The open :meth:`recording` block's shared work if ``audio`` is its recording."""
+        return self.work if self.work is not None and self.work.holds(audio) else None
+
     def vad_pipeline(self):
         """pyannote's VAD pipeline (WhisperX's): waveform -> frame speech scores."""
         def load():
@@ -308,7 +312,7 @@ class ModelSet:
         the same scores."""
         import torch
 
-        work = self.work if self.work is not None and self.work.holds(waveform) else None
+        work = self.work_for(waveform)
         if work is not None and work.vad_scores is not None:
             return work.vad_scores
         if not torch.is_tensor(waveform):
@@ -421,8 +425,9 @@ def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
     """WhisperX stage 1: VAD cut & merge toward 30 s, chunks transcribed in batches."""
     c = models.cfg
     pipeline = models.whisperx_pipeline()
+    work = models.work_for(audio)
     # the Whisper aligner of wx-align reads the same chunks' encoder outputs
-    keep = EncoderOutputs() if models.work is not None and models.aligns_with_whisper() else None
+    keep = EncoderOutputs() if work is not None and models.aligns_with_whisper() else None
     pipeline.model.keep_encoder_output = keep.add if keep else None
     try:
         res = pipeline.transcribe(audio, batch_size=c.batch_size, language=c.language)
@@ -430,9 +435,8 @@ def run_wx_asr(models: ModelSet, audio: np.ndarray) -> dict:
         pipeline.model.keep_encoder_output = None
     segs = [{"start": float(s["start"]), "end": float(s["end"]), "text": s["text"].strip()} for s in res["segments"]]
     # rows are the chunks in order (a prefix of them once the budget is spent)
-    if keep is not None and models.work.holds(audio) and (
-            len(keep.rows) == len(segs) or (keep.full and len(keep.rows) < len(segs))):
-        models.work.encodings = {(s["start"], s["end"]): row for s, row in zip(segs, keep.rows)}
+    if keep is not None and (len(keep.rows) == len(segs) or (keep.full and len(keep.rows) < len(segs))):
+        work.encodings = {(s["start"], s["end"]): row for s, row in zip(segs, keep.rows)}
     return {"segments": segs, "language": res.get("language", c.language)}
 
 
@@ -457,7 +461,8 @@ def run_wx_align(models: ModelSet, audio: np.ndarray, asr: dict) -> dict:
 
 def _align_with_whisper(models: ModelSet, audio: np.ndarray, chunks: list[dict], language: str) -> list[list[dict]]:
     c = models.cfg
-    kept = models.work.encodings if models.work is not None and models.work.holds(audio) else {}
+    work = models.work_for(audio)
+    kept = work.encodings if work is not None else {}
     words = wa.align_chunks(models.faster_whisper(), audio, chunks, language, batch_size=c.batch_size,
                             encoded=kept)
     splitter = wa.sentence_splitter(language)

@@ -61,9 +61,10 @@ class EncoderOutputs:
         if self.full:
             return
         t = storage_to_torch(encoder_output)
-        size = t.numel() * t.element_size() if t is not None else self.budget + 1
-        if self.used + size > self.budget:
-            self.full = True  # rows stay a prefix of the chunks
+        size = t.numel() * t.element_size() if t is not None else 0
+        # stop at the first batch that does not fit or convert: rows stay a prefix of the chunks
+        if t is None or self.used + size > self.budget:
+            self.full = True
             return
         self._storage.append(encoder_output)
         self.rows.extend(t.unbind(0))

@@ -123,8 +123,15 @@ def run_segment(args: SegmentArgs) -> SegmentResult:
                                          address=args.ray_address, stage_keys=keys)
             label = f"segment [{backend}]"
         else:
-            ahead = decode_ahead(mine, lambda r: bool(runner.missing_stages(r, stages, cache)))
-            results = (runner.process_recording(rec, stages, cache, models, audio) for rec, audio in ahead)
+            missing: dict[str, list[str]] = {}  # asked once per recording, before decoding it
+
+            def needs_audio(rec: dict) -> bool:
+                missing[rec["recording_id"]] = runner.missing_stages(rec, stages, cache)
+                return bool(missing[rec["recording_id"]])
+
+            results = (runner.process_recording(rec, stages, cache, models, audio,
+                                                missing.pop(rec["recording_id"]))
+                       for rec, audio in decode_ahead(mine, needs_audio))
             label = "segment"
         result.model_seconds, result.failed = fill_caches(results, len(mine), label)
     if args.num_shards > 1:

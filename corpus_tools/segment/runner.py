@@ -167,16 +167,21 @@ def missing_stages(rec: dict, stages: list[str], cache: StageCache) -> list[str]
 
 
 def process_recording(rec: dict, stages: list[str], cache: StageCache, models,
-                      audio: Callable[[], np.ndarray] | None = None) -> dict:
+                      audio: Callable[[], np.ndarray] | None = None,
+                      missing: list[str] | None = None) -> dict:
     """Compute the missing stages for one recording; returns ``{"recording_id", "duration",
     "seconds": model seconds, "computed": [stages], "error": reason (if it failed)}``.
     ``audio``: returns the decoded recording (``prefetch.decode_ahead`` decodes it while the
-    previous recording is in the models); default: decode it here."""
+    previous recording is in the models); default: decode it here. ``missing``: what
+    :func:`missing_stages` returned for it, when the caller already asked (each check parses
+    the recording's cache entries)."""
     rid = rec["recording_id"]
     res = {"recording_id": rid, "duration": rec["duration"], "seconds": 0.0, "computed": []}
-    if cache.get("error", rid) is not None:
-        return {**res, "error": cache.get("error", rid)["reason"]}
-    missing = missing_stages(rec, stages, cache)
+    error = cache.get("error", rid)
+    if error is not None:
+        return {**res, "error": error["reason"]}
+    if missing is None:
+        missing = missing_stages(rec, stages, cache)
     if not missing:
         return res
     t0 = time.perf_counter()
