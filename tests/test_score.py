@@ -320,6 +320,24 @@ def test_diarization_cache_is_the_folder_whose_settings_match(tmp_path):
     assert any("wx-diar: no cached diarization turns for 1 recording(s) (bc000)" in n for n in res.notes)
 
 
+def test_diarization_cache_prefers_the_folder_agreeing_on_more_settings(tmp_path):
+    """After a stage key gains a setting (``speaker_crop_s``), a rerun leaves the old folder
+    beside the new one; both agree with drops.json on what they share, and the one the method
+    was made from (agreeing on the added setting too) is used."""
+    wd = diarized_workdir(tmp_path)
+    drops = json.loads((wd.segments_dir / "wx-diar.drops.json").read_text())
+    drops["settings"]["speaker_crop_s"] = 3.0
+    (wd.segments_dir / "wx-diar.drops.json").write_text(json.dumps(drops))
+    put_diarization(wd, "wx-diar-0123456789", [(0.0, 30.0, "X")], SETTINGS)      # before the crop
+    put_diarization(wd, "wx-diar-cccccccccc", HYP_TURNS, {**SETTINGS, "speaker_crop_s": 3.0})
+    row = run_score(wd.root, tmp_path / "ref", ["wx-diar"]).methods.row(0, named=True)
+    assert row["der_collar0"] == pytest.approx((0.2 + 5.0) / 30.0, abs=1e-6)
+
+    put_diarization(wd, "wx-diar-dddddddddd", [(0.0, 30.0, "X")], {**SETTINGS, "speaker_crop_s": 2.0})
+    row = run_score(wd.root, tmp_path / "ref", ["wx-diar"]).methods.row(0, named=True)
+    assert row["der_collar0"] == pytest.approx((0.2 + 5.0) / 30.0, abs=1e-6)  # 2.0 disagrees
+
+
 def test_diarization_cache_keyed_on_models(tmp_path):
     """Where the key names the models that made a stage (settings.json and drops.json both
     record them), the models decide; a sole folder is used whatever it records."""

@@ -106,6 +106,32 @@ def test_campplus_gives_nan_for_a_silent_speaker_without_running_the_network(mon
         torch.testing.assert_close(emb[row], ref)
 
 
+def test_campplus_embeds_the_middle_3_s_of_one_speaker_in_a_chunk(monkeypatch):
+    """In diarization (frame weights given) CAM++ embeds at most its 3 s training crop, the
+    middle of the speaker's frames; without weights it embeds the whole waveform."""
+    from corpus_tools.models.campplus import CAMPPlusEmbedding
+    from corpus_tools.segment.backends import SPEAKER_CROP_S
+
+    torch.manual_seed(0)
+    model = CAMPPlusEmbedding().eval()
+    calls = []
+    inner = model.campplus.forward
+    monkeypatch.setattr(model.campplus, "forward", lambda x: calls.append(x) or inner(x))
+    wave = torch.randn(2, 1, 16000 * 10) * 0.1
+    weights = torch.zeros(2, 589)                 # pyannote's frames for a 10 s chunk
+    weights[0, :] = 1.0                           # speaking the whole chunk: cropped
+    weights[1, :100] = 1.0                        # 1.7 s (170 fbank frames): embedded whole
+    with torch.inference_mode():
+        emb = model(wave, weights=weights)
+        whole = model(wave[:1])
+        feats = model.compute_fbank(wave[0, 0])
+        middle = inner(feats[None, 349:649])[0]   # 998 frames: the middle 300
+    assert [c.shape[1] for c in calls] == [300, 170, 998]
+    assert CAMPPlusEmbedding.CROP_FRAMES == round(SPEAKER_CROP_S * 100)
+    torch.testing.assert_close(emb[0], middle)
+    assert not torch.allclose(emb[0], whole[0])
+
+
 @pytest.mark.slow
 def test_diarization_is_unchanged_by_skipping_silent_speakers(models_dir, monkeypatch):
     """The pipeline's turns equal those computed with the old behaviour (an absent speaker's

@@ -74,9 +74,10 @@ def contrastive_logits(context: torch.Tensor, targets: torch.Tensor, negatives: 
     A distractor equal to the positive gets −inf (it would be a false negative).
     """
     context, targets = context.float(), targets.float()
-    candidates = torch.cat([targets[:, None, :], targets[negatives]], dim=1)  # [N, 1+K, D]
+    distractors = targets[negatives]                                          # [N, K, D], gathered once
+    candidates = torch.cat([targets[:, None, :], distractors], dim=1)       # [N, 1+K, D]
     logits = F.cosine_similarity(context[:, None, :], candidates, dim=-1) / logit_temp
-    same = (targets[negatives] == targets[:, None, :]).all(dim=-1)
+    same = (distractors == targets[:, None, :]).all(dim=-1)
     return torch.cat([logits[:, :1], logits[:, 1:].masked_fill(same, float("-inf"))], dim=1)
 
 

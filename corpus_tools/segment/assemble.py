@@ -277,6 +277,17 @@ class MethodManifest:
     drops: dict
 
 
+def method_settings(method: str, cfg: SegmentConfig, cache: StageCache) -> dict:
+    """The options a method was made with plus the settings its stages' cache keys add (e.g.
+    ``aligner``, ``speaker_crop_s``), so ``corpus score`` finds the very cache folders behind it."""
+    settings = asdict(cfg)
+    for stage in METHOD_STAGES.get(method, ()):
+        for k, v in cache.keys.get(stage, {}).items():
+            if k != "models":
+                settings.setdefault(k, v)
+    return settings
+
+
 def write_method(wd: WorkDir, method: str, recs: Iterable[dict], cache: StageCache, phrases: set[str],
                  cfg: SegmentConfig, phrase_lists: list[str], *,
                  row_group_rows: int = ROW_GROUP_ROWS, workers: int = 1) -> MethodManifest:
@@ -294,7 +305,7 @@ def write_method(wd: WorkDir, method: str, recs: Iterable[dict], cache: StageCac
     drops = _drops(method, recs, cache, tally)
     drops["phrase_lists"] = list(phrase_lists)
     write_text(wd.segments_dir / f"{method}.drops.json",
-               json.dumps({**drops, "method": method, "settings": asdict(cfg)}, indent=1))
+               json.dumps({**drops, "method": method, "settings": method_settings(method, cfg, cache)}, indent=1))
     return MethodManifest(method, path, tally.segments, drops)
 
 

@@ -110,10 +110,16 @@ class SegmentConfig:
             settings = {k: v for k, v in self.stage_key(BUILDS_ON[stage], models).items() if k != "models"}
             if stage == "wx-align":  # also tells a Whisper aligner from a CTC model in the same files
                 settings["aligner"] = aligner_of(models["align"])
+            if stage == "wx-diar":  # turns made before CAM++ embedded 3 s crops are recomputed
+                settings["speaker_crop_s"] = SPEAKER_CROP_S
         else:
             raise KeyError(stage)
         return {**settings, "models": {kind: models[kind] for kind in self.model_kinds(stage)}}
 
+
+#: Seconds of one speaker in one chunk that the diarization's CAM++ embeds
+#: (``CAMPPlusEmbedding.CROP_FRAMES`` / 100; kept here so a stage key needs no torch import)
+SPEAKER_CROP_S = 3.0
 
 #: the stage whose output a stage starts from (its cache key contains that stage's key)
 BUILDS_ON = {"wx-align": "wx-asr", "wx-diar": "wx-align"}
