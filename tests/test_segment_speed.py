@@ -132,6 +132,27 @@ def test_campplus_embeds_the_middle_3_s_of_one_speaker_in_a_chunk(monkeypatch):
     assert not torch.allclose(emb[0], whole[0])
 
 
+def test_campplus_embeds_equal_lengths_in_one_batch_with_the_same_result(monkeypatch):
+    from corpus_tools.models.campplus import CAMPPlusEmbedding
+
+    torch.manual_seed(0)
+    model = CAMPPlusEmbedding().eval()
+    calls = []
+    inner = model.campplus.forward
+    monkeypatch.setattr(model.campplus, "forward", lambda x: calls.append(x.shape[0]) or inner(x))
+    wave = torch.randn(5, 1, 16000 * 10) * 0.1
+    weights = torch.zeros(5, 589)
+    weights[[0, 2, 4], 100:500] = 1.0             # 6.8 s each: cropped to 3 s
+    weights[1, :100] = 1.0                        # 1.7 s
+    with torch.inference_mode():
+        batched = model(wave, weights=weights)
+        assert sorted(calls) == [1, 3]            # the three 3 s crops in one call
+        alone = torch.stack([model(wave[i:i + 1], weights=weights[i:i + 1])[0] for i in range(5)])
+    assert torch.isnan(batched[3]).all() and torch.isnan(alone[3]).all()
+    rows = [0, 1, 2, 4]
+    torch.testing.assert_close(batched[rows], alone[rows], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_diarization_is_unchanged_by_skipping_silent_speakers(models_dir, monkeypatch):
     """The pipeline's turns equal those computed with the old behaviour (an absent speaker's

@@ -233,26 +233,39 @@ class CAMPPlusEmbedding(Model):
     def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         if waveforms.shape[-1] < 400:   # shorter than one 25 ms fbank window
             raise ValueError("CAM++ needs at least 400 samples (25 ms at 16 kHz)")
-        embeddings = []
+        out = torch.full((waveforms.shape[0], self.dimension), float("nan"), device=waveforms.device)
+        by_length: dict[int, list[tuple[int, torch.Tensor]]] = {}
         for i in range(waveforms.shape[0]):
             if weights is not None and not bool(weights[i].any()):
                 # a speaker silent in the whole chunk has no voice to embed: pyannote's
                 # clustering drops NaN embeddings and assigns inactive speakers to no cluster,
                 # so this is the same diarization without a whole-chunk embedding per absent
                 # local speaker (on broadcast audio about 40 % of the (chunk, speaker) pairs)
-                embeddings.append(torch.full((self.dimension,), float("nan"), device=waveforms.device))
                 continue
-            feats = self.compute_fbank(waveforms[i, 0])
-            if weights is not None:
-                w = weights[i].reshape(1, 1, -1).float()
-                keep = F.interpolate(w, size=feats.shape[0], mode="nearest").reshape(-1) > 0.5
-                if int(keep.sum()) >= self.MIN_FRAMES:
-                    feats = feats[keep]
-                if feats.shape[0] > self.CROP_FRAMES:
-                    start = (feats.shape[0] - self.CROP_FRAMES) // 2
-                    feats = feats[start:start + self.CROP_FRAMES]
-            embeddings.append(self.campplus(feats.unsqueeze(0))[0])
-        return torch.stack(embeddings)
+            feats = self.speaker_frames(waveforms[i, 0], None if weights is None else weights[i])
+            by_length.setdefault(feats.shape[0], []).append((i, feats))
+        # Inputs of one length (most are CROP_FRAMES long) go through the network as one batch:
+        # no padding, so each row is what it would be alone (to float rounding), and a 3 s
+        # input is small enough that per-call overhead, not arithmetic, decides the time.
+        for group in by_length.values():
+            rows = [i for i, _ in group]
+            out[rows] = self.campplus(torch.stack([f for _, f in group])).to(out.dtype)
+        return out
+
+    def speaker_frames(self, waveform: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """The fbank frames of one waveform that are embedded: those where ``weights`` > 0.5
+        (all when fewer than ``MIN_FRAMES``), then their middle ``CROP_FRAMES``; all frames
+        without weights."""
+        feats = self.compute_fbank(waveform)
+        if weights is None:
+            return feats
+        keep = F.interpolate(weights.reshape(1, 1, -1).float(), size=feats.shape[0], mode="nearest").reshape(-1) > 0.5
+        if int(keep.sum()) >= self.MIN_FRAMES:
+            feats = feats[keep]
+        if feats.shape[0] > self.CROP_FRAMES:
+            start = (feats.shape[0] - self.CROP_FRAMES) // 2
+            feats = feats[start:start + self.CROP_FRAMES]
+        return feats
 
 
 def save_pyannote_checkpoint(campplus_state_dict: str | Path, out_path: str | Path) -> Path:

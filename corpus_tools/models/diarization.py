@@ -39,6 +39,9 @@ DEFAULT_PARAMS = {
     "clustering": {"method": "centroid", "min_cluster_size": 12, "threshold": 0.8},
 }
 DEFAULT_SEGMENTATION_STEP = 0.5
+#: (chunk, speaker) pairs per CAM++ call: its 3 s crops of one length run as one batch, which
+#: on CPU is ~2x faster at 32 than one by one (per-call overhead dominates a 3 s input)
+DEFAULT_EMBEDDING_BATCH_SIZE = 32
 
 
 class LocalSpeakerDiarization(SpeakerDiarization):
@@ -74,7 +77,7 @@ def write_pipeline_folder(dest: str | Path, segmentation_checkpoint: str | Path,
                 "clustering": "AgglomerativeClustering",
                 "segmentation_step": segmentation_step,
                 "segmentation_batch_size": 8,
-                "embedding_batch_size": 8,
+                "embedding_batch_size": DEFAULT_EMBEDDING_BATCH_SIZE,
                 "embedding_exclude_overlap": True,
             },
         },
