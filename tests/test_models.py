@@ -289,6 +289,18 @@ def test_cli_list_and_prepare(models_dir):
     assert res.exit_code == 0 and "prepare-offline" in res.output
 
 
+def test_cli_prepare_offline_into_an_unusable_folder_is_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from corpus_tools.cli import app
+
+    (tmp_path / "a-file").write_text("")
+    res = CliRunner().invoke(app, ["models", "prepare-offline", "--models-dir", str(tmp_path / "a-file" / "models")])
+    assert res.exit_code == 2, res.output
+    assert "error: " in res.output and "Not a directory" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+
+
 def test_cli_list_without_models_folder_reports_missing(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 

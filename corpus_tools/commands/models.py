@@ -11,6 +11,7 @@ from rich.table import Table
 
 from corpus_tools.models import list_models, models_dir_path, read_manifest
 from corpus_tools.models.prepare import PrepareError, default_models_dir, prepare_offline
+from corpus_tools.progress import user_errors
 
 models_app = typer.Typer(
     name="models",
@@ -38,7 +39,8 @@ def prepare_offline_cmd(
     dest = models_dir or default_models_dir()
     typer.echo(f"Preparing models in {dest} ...")
     try:
-        result = prepare_offline(dest, progress=True)
+        with user_errors():  # an unwritable or non-directory --models-dir: one line, no traceback
+            result = prepare_offline(dest, progress=True)
     except PrepareError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1)
