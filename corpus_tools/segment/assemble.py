@@ -277,17 +277,6 @@ class MethodManifest:
     drops: dict
 
 
-def method_settings(method: str, cfg: SegmentConfig, cache: StageCache) -> dict:
-    """The options a method was made with plus the settings its stages' cache keys add (e.g.
-    ``aligner``, ``speaker_crop_s``), so ``corpus score`` finds the very cache folders behind it."""
-    settings = asdict(cfg)
-    for stage in METHOD_STAGES.get(method, ()):
-        for k, v in cache.keys.get(stage, {}).items():
-            if k != "models":
-                settings.setdefault(k, v)
-    return settings
-
-
 def write_method(wd: WorkDir, method: str, recs: Iterable[dict], cache: StageCache, phrases: set[str],
                  cfg: SegmentConfig, phrase_lists: list[str], *,
                  row_group_rows: int = ROW_GROUP_ROWS, workers: int = 1) -> MethodManifest:
@@ -328,3 +317,11 @@ def assemble(method: str, recs: list[dict], cache: StageCache, phrases: set[str]
 def method_models(method: str, cache: StageCache) -> dict[str, dict]:
     """The identities of every model a method's segments depend on, by kind."""
     return {kind: ident for stage in METHOD_STAGES[method] for kind, ident in cache.key(stage)["models"].items()}
+
+
+def method_settings(method: str, cfg: SegmentConfig, cache: StageCache) -> dict:
+    """The options a method was made with plus the settings its stages' cache keys add (e.g.
+    ``aligner``, ``speaker_crop_s``), so ``corpus score`` finds the very cache folders behind it."""
+    options = asdict(cfg)
+    added = {k: v for stage in METHOD_STAGES[method] for k, v in cache.key(stage).items() if k != "models"}
+    return {**options, **{k: v for k, v in added.items() if k not in options}}

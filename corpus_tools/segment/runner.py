@@ -44,7 +44,6 @@ from corpus_tools.audio import load_audio
 from corpus_tools.manifests import WorkDir, read_recordings
 from corpus_tools.models import identity_key
 from corpus_tools.segment import backends as be
-from corpus_tools.segment.backends import SegmentConfig
 
 METHODS = ("seq", "sad", "w-raw", "w-pp-1s", "w-pp-3s", "wx-asr", "wx-align", "wx-diar",
            "wx-diar-1s", "wx-diar-3s")
